@@ -1,0 +1,100 @@
+"""Validation at public boundaries. The functional core trusts its arguments; the classes call these.
+
+Every message reads ``<argument>: expected <what>, got <what>``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, IndexRangeError, InputError, InputTypeError
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return f"ndarray of shape {x.shape} and dtype {x.dtype}"
+    return f"{type(x).__name__} {x!r}"[:200]
+
+
+def float_dtype(name: str, dtype: Any) -> np.dtype:
+    """A module dtype: float32 or float64 (the reference computes in the parameters' dtype)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise InputTypeError(f"{name}: expected float32 or float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise InputTypeError(f"{name}: expected float32 or float64, got {dt}")
+    return dt
+
+
+def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """A config integer >= ``minimum``; bools and integral floats are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {_describe(value)}")
+    if value < minimum:
+        raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def int_array(name: str, x: Any, *, ndim: int) -> np.ndarray:
+    """Integer ids as int64 with ``ndim`` dimensions. Bool and float arrays are refused, as in torch."""
+    if x is None:
+        raise InputError(f"{name}: expected an integer array, got None")
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+        raise InputTypeError(f"{name}: expected an integer dtype, got {_describe(arr)}")
+    if arr.ndim != ndim:
+        raise InputError(f"{name}: expected {ndim}-D, got {_describe(arr)}")
+    return arr.astype(np.int64, copy=False)
+
+
+def in_range(name: str, ids: np.ndarray, upper: int, what: str) -> np.ndarray:
+    """Refuse ids outside [0, upper): negatives are never wrapped."""
+    if ids.size:
+        bad = np.flatnonzero((ids < 0) | (ids >= upper))
+        if bad.size:
+            pos = np.unravel_index(bad[0], ids.shape)
+            raise IndexRangeError(
+                f"{name}: expected integers in [0, {upper}) ({what}={upper}), "
+                f"got {ids[pos]} at position {tuple(int(p) for p in pos)}"
+            )
+    return ids
+
+
+def indices(x: Any, num_rows: int, *, tokens: int | None = None) -> np.ndarray:
+    """Prompt-token indices (B, T') in [0, num_rows); T' must equal ``tokens`` when given."""
+    ids = int_array("indices", x, ndim=2)
+    if tokens is not None and ids.shape[1] != tokens:
+        raise InputError(
+            f"indices: expected shape (B, T) with T={tokens} (total virtual tokens), got shape {ids.shape}"
+        )
+    return in_range("indices", ids, num_rows, "total virtual tokens")
+
+
+def task_ids(x: Any, batch: int, num_tasks: int) -> np.ndarray:
+    """Task ids of length B, or 1 (one task for the whole batch), each in [0, K)."""
+    if x is None:
+        raise InputError("task_ids: expected an integer array of length B or 1, got None (task_ids cannot be None)")
+    ids = int_array("task_ids", x, ndim=1)
+    if ids.shape[0] not in (batch, 1):
+        raise InputError(f"task_ids: expected length B={batch} or 1, got length {ids.shape[0]}")
+    return in_range("task_ids", ids, num_tasks, "num_tasks")
+
+
+def float_array(name: str, x: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A floating array of exactly ``shape`` and ``dtype`` (no silent up/down-casting of gradients)."""
+    if x is None:
+        raise InputError(f"{name}: expected a {dtype} array of shape {shape}, got None")
+    arr = np.asarray(x)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InputTypeError(f"{name}: expected dtype {dtype}, got {_describe(arr)}")
+    if arr.dtype != dtype:
+        raise InputTypeError(f"{name}: expected dtype {dtype} (the module's dtype), got {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise InputError(f"{name}: expected shape {tuple(shape)}, got shape {arr.shape}")
+    return arr

@@ -1,0 +1,44 @@
+"""The exceptions mpt-ref raises on bad input. Catch ``MptRefError`` to catch them all.
+
+Each class also derives from the builtin a PyTorch/PEFT user would expect (ValueError, TypeError,
+IndexError), so ``except ValueError`` written against PEFT keeps working. Messages name the argument,
+what was expected and what was given.
+
+    MptRefError
+    ├── ConfigError        (ValueError)  invalid or inconsistent configuration
+    ├── CheckpointError    (ValueError)  unreadable, hostile or mismatched checkpoint / state dict
+    ├── OutputExistsError  (FileExistsError) refusing to overwrite an output without overwrite=True
+    └── InputError         (ValueError)  bad call arguments: None, wrong rank or length
+        ├── InputTypeError (TypeError)   wrong dtype (float indices, bool ids, int grad_output, ...)
+        └── IndexRangeError(IndexError)  indices or task ids outside their valid range
+"""
+
+from __future__ import annotations
+
+
+class MptRefError(Exception):
+    """Base class of every error mpt-ref raises on purpose."""
+
+
+class ConfigError(MptRefError, ValueError):
+    """A configuration field is invalid, or fields contradict each other."""
+
+
+class CheckpointError(MptRefError, ValueError):
+    """A checkpoint or state dict is unreadable, has missing/extra keys, or mismatched shapes/dtypes."""
+
+
+class OutputExistsError(MptRefError, FileExistsError):
+    """An output path already exists and overwriting was not asked for."""
+
+
+class InputError(MptRefError, ValueError):
+    """A call argument is missing or has the wrong rank, length or shape."""
+
+
+class InputTypeError(InputError, TypeError):
+    """A call argument has the wrong dtype (or is not array-like)."""
+
+
+class IndexRangeError(InputError, IndexError):
+    """Indices or task ids fall outside their valid range. Never wrapped the way NumPy wraps negatives."""
