@@ -45,7 +45,8 @@ def mpt_backward(dout: Array, cache: MptCache) -> Params:
     """Gradient of sum(out * dout) -> {key: grad} with the params' keys and shapes."""
     x, tasks, inverse, task_prompts = cache.x, cache.tasks, cache.inverse, cache.task_prompts
     dx = dout * task_prompts[inverse]  # B,T,D
-    dp_rows = (dout * x).reshape(dout.shape[0], -1)  # B,T*D
+    B, T, D = dout.shape
+    dp_rows = (dout * x).reshape(B, T * D)  # B,T*D
     if inverse.shape[0] == 1:  # one task broadcast over the batch
         dp = dp_rows.sum(axis=0, keepdims=True)  # 1,T*D
     else:  # sum the rows of each task: one-hot (U,B) @ (B,T*D)
