@@ -133,7 +133,7 @@ def _source_tensor(source: dict[str, np.ndarray], key: str, shape: tuple[int, ..
     if not np.issubdtype(arr.dtype, np.floating):
         raise CheckpointError(f"source checkpoint {key!r}: expected a float tensor, got dtype {arr.dtype}")
     if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
-        want = tuple("?" if s is None else s for s in shape)
+        want = "(" + ", ".join("K" if s is None else str(s) for s in shape) + ")"
         raise CheckpointError(f"source checkpoint {key!r}: expected shape {want} for {what}, got {arr.shape}")
     return arr
 
