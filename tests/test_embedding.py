@@ -82,3 +82,14 @@ def test_dtype_must_be_float32_or_float64():
     cfg = mpt_ref.PromptTuningConfig(num_virtual_tokens=3, token_dim=2)
     with pytest.raises(mpt_ref.InputTypeError, match="float32 or float64, got float16"):
         mpt_ref.PromptEmbedding(cfg, dtype=np.float16)
+
+
+def test_hand_worked_example_matches_spec():
+    """Numbers worked by hand in spec/embedding.md."""
+    cfg = mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=2)
+    module = mpt_ref.PromptEmbedding(cfg, dtype=np.float64)
+    module.load_state_dict({"embedding.weight": np.array([[1.0, 2.0], [3.0, 4.0]])})
+    indices = [[1, 1, 0]]
+    np.testing.assert_array_equal(module.forward(indices), [[[3.0, 4.0], [3.0, 4.0], [1.0, 2.0]]])
+    grads = module.backward(np.array([[[1.0, 0.0], [2.0, 1.0], [0.0, 5.0]]]), indices)
+    np.testing.assert_array_equal(grads["embedding.weight"], [[0.0, 5.0], [3.0, 1.0]])
