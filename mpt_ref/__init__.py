@@ -24,6 +24,7 @@ from .errors import (
 )
 from .multitask import MultitaskPromptEmbedding
 from .prompt_embedding import PromptEmbedding
+from .prompt_encoder import PromptEncoder
 
 SPEC_VERSION = "0.1"
 __version__ = "0.1.0"
@@ -42,6 +43,7 @@ __all__ = [
     "OutputExistsError",
     "PeftType",
     "PromptEmbedding",
+    "PromptEncoder",
     "PromptEncoderConfig",
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
