@@ -24,8 +24,15 @@ def embedding_forward(weight: Array, indices: IntArray) -> tuple[Array, Embeddin
 
 
 def embedding_backward(dout: Array, cache: EmbeddingCache) -> Array:
-    """Scatter-add: dweight[j] = sum of dout over the positions where indices == j. -> (T,D)."""
+    """Scatter-add: dweight[j] = sum of dout over the positions where indices == j. -> (T,D).
+
+    Sorted segment sums (argsort + reduceat) rather than np.add.at: the same sums, one pass.
+    """
     D = dout.shape[-1]
+    flat = cache.indices.reshape(-1)  # B*T'
     dweight = np.zeros((cache.num_rows, D), dtype=dout.dtype)  # T,D
-    np.add.at(dweight, cache.indices.reshape(-1), dout.reshape(-1, D))  # accumulates repeated ids
+    if flat.size:
+        order = np.argsort(flat, kind="stable")
+        rows, starts = np.unique(flat[order], return_index=True)
+        dweight[rows] = np.add.reduceat(dout.reshape(-1, D)[order], starts, axis=0)  # repeated ids add up
     return dweight
