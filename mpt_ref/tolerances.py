@@ -30,3 +30,6 @@ REORDER_F32 = Tol(1e-5, 1e-6, "float32, same operations in another order: a few 
 PEFT_F64 = Tol(1e-12, 1e-12, "float64 torch vs NumPy: different BLAS kernels, a few ulp")
 # PEFT in float32 (its native dtype) against the float32 reference: matmul blocking differs.
 PEFT_F32 = Tol(1e-5, 1e-6, "float32 torch vs NumPy matmul: different summation order")
+
+# The spec's hand-worked LSTM example prints every number to 10 significant digits.
+HAND_WORKED_10_DIGITS = Tol(1e-9, 1e-12, "spec example numbers printed to 10 significant digits")
