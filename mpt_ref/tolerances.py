@@ -33,3 +33,11 @@ PEFT_F32 = Tol(1e-5, 1e-6, "float32 torch vs NumPy matmul: different summation o
 
 # The spec's hand-worked LSTM example prints every number to 10 significant digits.
 HAND_WORKED_10_DIGITS = Tol(1e-9, 1e-12, "spec example numbers printed to 10 significant digits")
+
+# Conformance vectors: what another implementation must reach against spec/vectors, per dtype. Stamped
+# into each case.json so ports need none of our code. Cases are tiny (T <= 4, D <= 6, L <= 3), so
+# error growth through sums and recurrences is a few ulp times the number of terms.
+VECTORS = {
+    "float64": Tol(1e-10, 1e-12, "float64 port: other summation order / BLAS / libm, tiny cases"),
+    "float32": Tol(1e-5, 1e-6, "float32 port: ~100 ulp for reordered sums and float32 libm tanh/exp"),
+}

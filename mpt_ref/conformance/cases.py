@@ -1,0 +1,173 @@
+"""Conformance cases as data, and how each is built into (module, inputs, grad_output).
+
+A case names a module kind, a config in ``adapter_config.json`` form, a seed, a dtype and the input
+shape. ``build_case`` is the only place that turns a case into arrays: the module is constructed with
+``seed`` (mpt_ref's init, spec/init.md), inputs and the upstream gradient come from
+``numpy.random.default_rng(seed + 1)`` in a fixed draw order (indices, task ids, grad_output).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from ..config import config_from_dict
+from ..multitask import MultitaskPromptEmbedding
+from ..prompt_embedding import PromptEmbedding
+from ..prompt_encoder import PromptEncoder
+
+MODULES = {
+    "prompt_embedding": PromptEmbedding,
+    "mpt": MultitaskPromptEmbedding,
+    "mlp_encoder": PromptEncoder,
+    "lstm_encoder": PromptEncoder,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseSpec:
+    name: str
+    module: str                      # a key of MODULES
+    config: dict[str, Any]           # adapter_config.json form
+    description: str
+    seed: int = 0
+    dtype: str = "float64"
+    batch: int = 3
+    indices: str = "arange"          # "arange" (PEFT's rows) or "random" (any ids in [0, T), repeats)
+    task_ids: tuple[int, ...] | None = None  # MPT only; None draws B ids in [0, K)
+    source_tasks: int = 0            # MPT source inits: tasks in the generated source checkpoint
+
+    def __post_init__(self) -> None:
+        if self.task_ids is not None and len(self.task_ids) not in (self.batch, 1):
+            raise ValueError(f"{self.name}: task_ids length {len(self.task_ids)} is neither batch={self.batch} nor 1")
+
+
+def _mpt(**kw: Any) -> dict[str, Any]:
+    return {"peft_type": "MULTITASK_PROMPT_TUNING", "task_type": "CAUSAL_LM", **kw}
+
+
+def _pt(**kw: Any) -> dict[str, Any]:
+    return {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", **kw}
+
+
+_SOURCE = {"prompt_tuning_init_state_dict_path": "source.safetensors"}  # relative to the case directory
+
+
+def _enc(kind: str, **kw: Any) -> dict[str, Any]:
+    return {"peft_type": "P_TUNING", "task_type": "CAUSAL_LM", "encoder_reparameterization_type": kind, **kw}
+
+
+CASES: tuple[CaseSpec, ...] = (
+    # prompt tuning
+    CaseSpec("pt_basic", "prompt_embedding", _pt(num_virtual_tokens=4, token_dim=5), "PEFT-shaped rows"),
+    CaseSpec("pt_random_ids", "prompt_embedding", _pt(num_virtual_tokens=3, token_dim=4), "repeated ids: scatter-add",
+             indices="random", batch=4),
+    CaseSpec("pt_b1_t1", "prompt_embedding", _pt(num_virtual_tokens=1, token_dim=3), "B = 1, T = 1", batch=1),
+    # multitask prompt tuning
+    CaseSpec("mpt_k3_r2", "mpt", _mpt(num_virtual_tokens=4, token_dim=6, num_tasks=3, num_ranks=2),
+             "repeated and unsorted task ids", task_ids=(2, 0, 2, 1), batch=4),
+    CaseSpec("mpt_len1_task_ids", "mpt", _mpt(num_virtual_tokens=3, token_dim=4, num_tasks=3, num_ranks=2),
+             "length-1 task_ids broadcast over B = 3", task_ids=(1,)),
+    CaseSpec("mpt_k1_r1", "mpt", _mpt(num_virtual_tokens=3, token_dim=4, num_tasks=1, num_ranks=1),
+             "K = 1, R = 1 (the paper's rank one)", task_ids=(0, 0), batch=2),
+    CaseSpec("mpt_r_gt_d", "mpt", _mpt(num_virtual_tokens=2, token_dim=2, num_tasks=2, num_ranks=5),
+             "R > D", task_ids=(1, 0), batch=2),
+    CaseSpec("mpt_b1_t1", "mpt", _mpt(num_virtual_tokens=1, token_dim=3, num_tasks=2, num_ranks=2),
+             "B = 1, T = 1", task_ids=(1,), batch=1),
+    CaseSpec("mpt_s2_seq2seq", "mpt", _mpt(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2, token_dim=4, num_tasks=2,
+                                           num_ranks=2), "S = 2: T = 2N rows", task_ids=(0, 1, 1)),
+    CaseSpec("mpt_random_ids", "mpt", _mpt(num_virtual_tokens=3, token_dim=4, num_tasks=3, num_ranks=2),
+             "distinct index rows with repeats", indices="random", batch=4),
+    CaseSpec("mpt_init_average", "mpt", _mpt(num_virtual_tokens=3, token_dim=4, num_ranks=2, **_SOURCE,
+                                             prompt_tuning_init="AVERAGE_SOURCE_TASKS"),
+             "AVERAGE_SOURCE_TASKS from a K=3 source: product of the averaged factors", task_ids=(0,),
+             source_tasks=3),
+    CaseSpec("mpt_init_exact", "mpt", _mpt(num_virtual_tokens=3, token_dim=4, num_ranks=2, **_SOURCE,
+                                           prompt_tuning_init="EXACT_SOURCE_TASK", prompt_tuning_init_task=2),
+             "EXACT_SOURCE_TASK: source task 2 of 3", task_ids=(0,), source_tasks=3),
+    CaseSpec("mpt_init_shared", "mpt", _mpt(num_virtual_tokens=3, token_dim=4, num_ranks=2, num_tasks=2, **_SOURCE,
+                                            prompt_tuning_init="ONLY_SOURCE_SHARED"),
+             "ONLY_SOURCE_SHARED: E from the source, factors random", task_ids=(1, 0, 1), source_tasks=3),
+    CaseSpec("mpt_k3_r2_f32", "mpt", _mpt(num_virtual_tokens=4, token_dim=6, num_tasks=3, num_ranks=2),
+             "float32 (PEFT's dtype)", dtype="float32", task_ids=(2, 0, 2, 1), batch=4),
+    # P-tuning encoders (random, gate-asymmetric LSTM weights: PyTorch's U(±1/√H) init, never all-equal)
+    CaseSpec("mlp_basic", "mlp_encoder", _enc("MLP", num_virtual_tokens=3, token_dim=4, encoder_hidden_size=5),
+             "MLP head D→H→H→D"),
+    CaseSpec("mlp_s2_h1", "mlp_encoder", _enc("MLP", task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2, token_dim=3,
+                                              encoder_hidden_size=1), "S = 2, H = 1", batch=2),
+    CaseSpec("mlp_f32", "mlp_encoder", _enc("MLP", num_virtual_tokens=3, token_dim=4, encoder_hidden_size=6),
+             "float32", dtype="float32"),
+) + tuple(
+    CaseSpec(f"lstm_l{L}", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=4, token_dim=3, encoder_hidden_size=2, encoder_num_layers=L),
+             f"bidirectional LSTM, L = {L}", seed=L)
+    for L in (1, 2, 3)
+) + (
+    CaseSpec("lstm_t1_b1", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=1, token_dim=2, encoder_hidden_size=3, encoder_num_layers=2),
+             "T = 1, B = 1", batch=1),
+    CaseSpec("lstm_s2_random_ids", "lstm_encoder",
+             _enc("LSTM", task_type="SEQ_2_SEQ_LM", num_virtual_tokens=2, token_dim=3, encoder_hidden_size=2,
+                  encoder_num_layers=2), "S = 2 with distinct index rows", indices="random"),
+    CaseSpec("lstm_l2_f32", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=4, token_dim=3, encoder_hidden_size=4, encoder_num_layers=2),
+             "float32", dtype="float32"),
+)
+
+
+def source_tensors(spec: CaseSpec) -> dict[str, np.ndarray]:
+    """The float32 MPT source checkpoint of a source-init case, from default_rng(seed + 2)."""
+    rng = np.random.default_rng(spec.seed + 2)
+    c = spec.config
+    T = c["num_virtual_tokens"] * (2 if c.get("task_type") == "SEQ_2_SEQ_LM" else 1)
+    K, R, D = spec.source_tasks, c["num_ranks"], c["token_dim"]
+    return {
+        "prompt_embeddings": rng.standard_normal((T, D)).astype(np.float32),
+        "prefix_task_cols": rng.standard_normal((K, T, R)).astype(np.float32),
+        "prefix_task_rows": rng.standard_normal((K, R, D)).astype(np.float32),
+    }
+
+
+def build_module(spec: CaseSpec) -> Any:
+    config = dict(spec.config)
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.source_tasks:
+            path = Path(tmp) / config["prompt_tuning_init_state_dict_path"]
+            save_file(source_tensors(spec), str(path))
+            config["prompt_tuning_init_state_dict_path"] = str(path)
+        module = MODULES[spec.module](config_from_dict(config), seed=spec.seed, dtype=np.dtype(spec.dtype))
+    return module.eval() if isinstance(module, PromptEncoder) else module
+
+
+def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """(inputs, grad_output) for ``module``; inputs has "indices" and, for MPT, "task_ids"."""
+    rng = np.random.default_rng(spec.seed + 1)
+    T, D, B = module.total_virtual_tokens, module.token_dim, spec.batch
+    if spec.indices == "arange":
+        indices = np.tile(np.arange(T, dtype=np.int64), (B, 1))
+    else:
+        indices = rng.integers(0, T, size=(B, T), dtype=np.int64)
+    inputs = {"indices": indices}
+    if spec.module == "mpt":
+        tasks = spec.task_ids if spec.task_ids is not None else rng.integers(0, module.num_tasks, size=B)
+        inputs["task_ids"] = np.asarray(tasks, dtype=np.int64)
+    grad_output = rng.standard_normal((B, T, D)).astype(spec.dtype)
+    return inputs, grad_output
+
+
+def run_reference(spec: CaseSpec) -> dict[str, Any]:
+    """Everything a vector holds: params, inputs, grad_output, output and parameter gradients."""
+    module = build_module(spec)
+    inputs, grad_output = build_inputs(spec, module)
+    return {
+        "params": module.state_dict(),
+        "inputs": inputs,
+        "grad_output": grad_output,
+        "output": module.forward(**inputs),
+        "grads": module.backward(grad_output, **inputs),
+    }
