@@ -1,0 +1,71 @@
+"""PEFT itself, treated as a port, passes ``assert_conforms`` (forward and autograd gradients).
+
+This is the README's usage example run for real: an independent implementation (PyTorch) checked by
+the oracle without any of its own test code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpt_ref.testing.conformance import assert_conforms
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+from peft.tuners.multitask_prompt_tuning.model import MultitaskPromptEmbedding  # noqa: E402
+from peft.tuners.p_tuning.model import PromptEncoder  # noqa: E402
+
+pytestmark = pytest.mark.peft
+
+
+def peft_mpt(params):
+    K, T, R = params["prefix_task_cols"].shape
+    cfg = peft.MultitaskPromptTuningConfig(num_virtual_tokens=T, token_dim=params["prefix_task_rows"].shape[2],
+                                           num_tasks=K, num_ranks=R, num_transformer_submodules=1)
+    module = MultitaskPromptEmbedding(cfg, torch.nn.Embedding(1, 1)).double()
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    return module
+
+
+def mpt_forward(params, indices, task_ids):
+    with torch.no_grad():
+        return peft_mpt(params)(torch.from_numpy(indices), torch.from_numpy(task_ids)).numpy()
+
+
+def mpt_backward(params, grad_output, indices, task_ids):
+    module = peft_mpt(params)
+    module(torch.from_numpy(indices), torch.from_numpy(task_ids)).backward(torch.from_numpy(grad_output))
+    return {k: p.grad.numpy() for k, p in module.named_parameters()}
+
+
+def encoder_forward(params, indices):
+    T, D = params["embedding.weight"].shape
+    lstm = "lstm_head.weight_hh_l0" in params
+    H = params["lstm_head.weight_hh_l0"].shape[1] if lstm else params["mlp_head.0.weight"].shape[0]
+    L = sum(k.startswith("lstm_head.weight_ih_l") and not k.endswith("_reverse") for k in params)
+    cfg = peft.PromptEncoderConfig(num_virtual_tokens=T, token_dim=D, encoder_hidden_size=H,
+                                   num_transformer_submodules=1, encoder_num_layers=L if lstm else 2,
+                                   encoder_reparameterization_type="LSTM" if lstm else "MLP")
+    module = PromptEncoder(cfg).double().eval()
+    module.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    with torch.no_grad():
+        return module(torch.from_numpy(indices)).numpy()
+
+
+def test_peft_mpt_conforms():
+    assert_conforms(mpt_forward, backward=mpt_backward, module="mpt", max_examples=30)
+
+
+@pytest.mark.parametrize("module", ["mlp_encoder", "lstm_encoder"])
+def test_peft_prompt_encoder_conforms(module):
+    assert_conforms(encoder_forward, module=module, max_examples=20)
+
+
+def test_peft_float32_mpt_conforms_at_the_float32_tolerance():
+    def forward32(params, indices, task_ids):
+        module = peft_mpt(params).float()
+        with torch.no_grad():
+            return module(torch.from_numpy(indices), torch.from_numpy(task_ids)).numpy()
+
+    assert_conforms(forward32, module="mpt", dtype=np.float32, max_examples=30)
