@@ -84,7 +84,7 @@ def lstm_backward(dy: Array, cache: LSTMCache) -> tuple[Array, Array, Array, Arr
         dc_next = dc * f  # B,H
         dh_next = dz[:, t] @ w_hh  # B,H
     dz2 = dz.reshape(B * T, 4 * H)  # BT,4H
-    dw_ih = dz2.T @ x.reshape(B * T, -1)  # 4H,I
+    dw_ih = dz2.T @ x.reshape(B * T, x.shape[-1])  # 4H,I  (explicit width: B*T may be 0)
     dw_hh = dz2.T @ h[:, :-1].reshape(B * T, H)  # 4H,H   h[t-1] feeds step t
     db = dz2.sum(axis=0)  # 4H
     dx = dz @ w_ih  # B,T,I

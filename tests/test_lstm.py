@@ -90,6 +90,7 @@ def test_hand_worked_example_matches_spec():
 @example(tiny_layer_case())                          # H = I = T = B = 1
 @example(tiny_layer_case(T=1, H=2, reverse=True))    # T = 1 reverse
 @example(tiny_layer_case(B=2, T=3, I=1, H=1, reverse=True))
+@example(tiny_layer_case(B=0, T=2, I=3, H=2))       # empty batch: backward once crashed reshaping (0, -1)
 def test_layer_backward_matches_central_differences(case):
     note(f"reverse={case.config['reverse']} x shape={case.inputs['x'].shape}")
     reports = gradcheck(*layer_functions(case.config["reverse"]), {**case.params, **case.inputs}, case.dout)
