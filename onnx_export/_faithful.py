@@ -1,0 +1,107 @@
+"""variant="faithful": the reference math node by node (spec/onnx.md, "faithful graphs").
+
+Initializers used as they are carry their PEFT key; the LSTM's converted tensors carry the derived
+names ``lstm_head.{W,R,B}_l{k}`` (onnx_export/_layout.py). Every Gather goes through the guards of
+_guards.py. Shape letters: B batch, T' looked-up tokens, T rows of E, D, H, K, R, L as in spec/README.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _layout
+from ._graph import GraphBuilder
+from ._guards import nan_padded, redirect, task_rows, valid_ids
+from ._spec import ModuleSpec
+
+
+def lookup(g: GraphBuilder, table: str, rows: int, row_shape: tuple[int, ...], indices: str, hint: str) -> str:
+    """table[indices] with invalid ids -> the NaN row. indices (B, T') -> (B, T', *row_shape)."""
+    ids = redirect(g, indices, valid_ids(g, indices, rows, hint), rows, hint)  # B,T'
+    return g.node("Gather", [nan_padded(g, table, row_shape, table), ids], f"{hint}_rows", axis=0)
+
+
+def safe_lookup(g: GraphBuilder, table: str, rows: int, indices: str, hint: str) -> tuple[str, str]:
+    """(table[ids], valid): invalid ids read row 0, and the caller NaNs what they reach with
+    ``nan_where_invalid`` after the nonlinearities (a NaN row would not survive them: the CPU EP's
+    LSTM activations and a CUDA Relu turn NaN into numbers)."""
+    valid = valid_ids(g, indices, rows, hint)  # B,T'
+    ids = redirect(g, indices, valid, 0, f"{hint}_row0")  # B,T'
+    return g.node("Gather", [table, ids], f"{hint}_rows", axis=0), valid
+
+
+def nan_where_invalid(g: GraphBuilder, out: str, valid: str, *, whole_row: bool) -> str:
+    """Where(valid, out, NaN): out (B, T', D); valid (B, T') per position, or reduced over T' to
+    whole rows when ``whole_row`` (an LSTM output depends on every position of its row)."""
+    if whole_row:
+        valid_i32 = g.node("Cast", [valid], "valid_i32", to=6)  # INT32
+        valid = g.node("Cast", [g.node("ReduceMin", [valid_i32, g.int_const("token_axis", [1])], "row_valid_i32",
+                                       keepdims=1)], "row_valid", to=9)  # B,1  BOOL
+    mask = g.node("Unsqueeze", [valid, g.int_const("last_axis", [2])], "valid_mask")  # B,T',1 or B,1,1
+    nan = g.weight("nan", np.array(np.nan))
+    return g.node("Where", [mask, out, nan], "nan_where_invalid")
+
+
+def linear(g: GraphBuilder, spec: ModuleSpec, x: str, index: int) -> str:
+    """torch Linear y = x Wᵀ + b with W (out, in) kept as is under its PEFT key: Transpose, MatMul, Add."""
+    prefix = f"mlp_head.{index}"
+    w = g.weight(f"{prefix}.weight", spec.params[f"{prefix}.weight"])  # out,in
+    b = g.weight(f"{prefix}.bias", spec.params[f"{prefix}.bias"])  # out
+    wt = g.node("Transpose", [w], f"{prefix}.weight_T", perm=[1, 0])  # in,out
+    return g.node("Add", [g.node("MatMul", [x, wt], f"{prefix}_matmul"), b], f"{prefix}_out")
+
+
+def mlp_head(g: GraphBuilder, spec: ModuleSpec, x: str, num_linear: int) -> str:
+    """Linear, ReLU, Linear[, ReLU, Linear]: mlp_head.0, .2[, .4]."""
+    for j in range(num_linear):
+        if j:
+            x = g.node("Relu", [x], f"mlp_head.{2 * j - 1}_relu")
+        x = linear(g, spec, x, 2 * j)
+    return x
+
+
+def lstm_stack(g: GraphBuilder, spec: ModuleSpec, x: str) -> str:
+    """Bidirectional L-layer LSTM, one node per layer: x (B, T', D) batch-first -> (T', B, 2H) time-major.
+
+    The caller applies the row-wise head in time-major layout and transposes its (T', B, D) output: no
+    Transpose may feed a MatMul, because onnxruntime 1.32's CPU EP crashes (SIGSEGV at session
+    creation, default ORT_ENABLE_ALL) on float16 Transpose -> MatMul (spec/onnx.md, known runtime bugs)."""
+    p = spec.params
+    x = g.node("Transpose", [x], "lstm_input_time_major", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # T',B,D
+    for k in range(spec.L):
+        key = lambda name, suffix="": p[f"lstm_head.{name}_l{k}{suffix}"]  # noqa: E731
+        w = g.weight(f"lstm_head.W_l{k}", _layout.lstm_w(key("weight_ih"), key("weight_ih", "_reverse")))  # 2,4H,I
+        r = g.weight(f"lstm_head.R_l{k}", _layout.lstm_r(key("weight_hh"), key("weight_hh", "_reverse")))  # 2,4H,H
+        b = g.weight(f"lstm_head.B_l{k}", _layout.lstm_b(key("bias_ih"), key("bias_hh"),
+                                                           key("bias_ih", "_reverse"), key("bias_hh", "_reverse")))  # 2,8H
+        y = g.node("LSTM", [x, w, r, b], f"lstm_l{k}_Y", hidden_size=spec.H, direction="bidirectional")  # T',2,B,H
+        y = g.node("Transpose", [y], f"lstm_l{k}_Y_time_batch_dir", perm=list(_layout.LSTM_Y_TO_TIME_BATCH_DIR))  # T',B,2,H
+        x = g.node("Reshape", [y, g.int_const("merge_directions", [0, 0, -1])], f"lstm_l{k}_out")  # T',B,2H
+    return x  # T',B,2H
+
+
+def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The faithful graph of ``spec``; returns the name of the (B, T', D) output."""
+    T, D = spec.T, spec.D
+    E = g.weight("embedding.weight", spec.params["embedding.weight"])  # T,D
+    if spec.kind == "mlp":
+        x, valid = safe_lookup(g, E, T, indices, "indices")  # B,T',D
+        return nan_where_invalid(g, mlp_head(g, spec, x, num_linear=3), valid, whole_row=False)
+    if spec.kind == "lstm":
+        x, valid = safe_lookup(g, E, T, indices, "indices")  # B,T',D
+        y = mlp_head(g, spec, lstm_stack(g, spec, x), num_linear=2)  # T',B,D
+        y = g.node("Transpose", [y], "batch_first", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # B,T',D
+        return nan_where_invalid(g, y, valid, whole_row=True)
+    x = lookup(g, E, T, (D,), indices, "indices")  # B,T',D
+    if spec.kind == "embedding":
+        return x
+    # mpt: out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b])
+    K, R = spec.K, spec.R
+    t = task_rows(g, task_ids, indices)  # B
+    t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> K
+    C = g.weight("prefix_task_cols", spec.params["prefix_task_cols"])  # K,T,R
+    Rw = g.weight("prefix_task_rows", spec.params["prefix_task_rows"])  # K,R,D
+    cols = g.node("Gather", [nan_padded(g, C, (T, R), C), t], "task_cols", axis=0)  # B,T,R
+    rows = g.node("Gather", [nan_padded(g, Rw, (R, D), Rw), t], "task_rows", axis=0)  # B,R,D
+    prompt = g.node("MatMul", [cols, rows], "task_prompt")  # B,T,D
+    return g.node("Mul", [x, prompt], "modulated")  # B,T,D

@@ -1,0 +1,39 @@
+"""variant="folded": the deployment form. The module is evaluated once, in float64, for PEFT's
+indices (arange(T)) and rounded once to the export dtype; the graph is one Gather of that table.
+
+- embedding: the table is ``embedding.weight`` itself, so the folded graph equals the faithful one.
+- mlp: ``prompt_table`` (T, D); the head acts row by row, so table[indices] is exact for any indices.
+- lstm: ``prompt_table`` (T, D), gathered as one (T, D) block per row; rows that are not arange(T)
+  come out NaN (an LSTM output depends on the whole row, so a table cannot serve them).
+- mpt: ``task_prompt_table`` (K, T, D), row k = E ⊙ (C_k @ R_k); one Gather by task id picks a
+  row's whole prompt (the fastest standard-op form measured, shared/notes/cuda-ep.md). Rows with an
+  invalid task id or indices other than arange(T) come out NaN.
+"""
+
+from __future__ import annotations
+
+from ._faithful import lookup
+from ._graph import GraphBuilder
+from ._guards import nan_padded, redirect, rows_are_arange, task_rows, valid_ids
+from ._spec import ModuleSpec
+from .reference import prompt_table
+
+
+def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The folded graph of ``spec``; returns the name of the (B, T', D) output."""
+    T, D = spec.T, spec.D
+    if spec.kind == "embedding":
+        return lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")
+    if spec.kind == "mlp":
+        return lookup(g, g.weight("prompt_table", prompt_table(spec)), T, (D,), indices, "indices")  # B,T',D
+    peft_rows = rows_are_arange(g, indices, T)  # B
+    if spec.kind == "lstm":
+        table = g.node("Unsqueeze", [g.weight("prompt_table", prompt_table(spec)), g.int_const("axis0", [0])],
+                       "prompt_table_1")  # 1,T,D
+        num_rows, ok, sel = 1, peft_rows, g.int_const("row0", 0)
+    else:  # mpt
+        table = g.weight("task_prompt_table", prompt_table(spec))  # K,T,D
+        t = task_rows(g, task_ids, indices)  # B
+        num_rows, ok, sel = spec.K, g.node("And", [valid_ids(g, t, spec.K, "task_ids"), peft_rows], "row_ok"), t
+    sel = redirect(g, sel, ok, num_rows, "row")  # B, invalid -> the NaN block
+    return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D

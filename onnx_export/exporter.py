@@ -1,0 +1,104 @@
+"""``export(module, path=None, *, variant, dtype, opset)``: an mpt_ref module -> a checked ONNX model.
+
+The graph is built with onnx.helper (no torch), stamped with the pinned opset and IR version
+(opset.py), checked with ``onnx.checker.check_model(full_check=True)`` and strict shape inference,
+and written atomically. Graphs: spec/onnx.md.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mpt_ref import SPEC_VERSION, __version__
+from mpt_ref._io import atomic_write_bytes
+from mpt_ref.errors import InputError
+
+from . import _faithful, _folded
+from ._graph import GraphBuilder, int64_input
+from ._spec import ModuleSpec, module_spec
+from .opset import OPSET
+from .reference import VARIANTS
+
+DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
+INPUT_INDICES, INPUT_TASK_IDS, OUTPUT = "indices", "task_ids", "prompt_embeddings"
+META_PREFIX = "mpt_ref."  # metadata_props keys: mpt_ref.module, .kind, .variant, .dtype, .config, ...
+
+
+def export_dtype(dtype: Any) -> str:
+    """'float32' or 'float16' (numpy dtypes and their names accepted)."""
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise InputError(f"dtype: expected one of {list(DTYPES)}, got {dtype!r}")
+    return name
+
+
+def tokens_dim(spec: ModuleSpec, variant: str) -> int | str:
+    """The indices' token axis: T when the graph needs PEFT's full rows, else the symbol 'tokens'."""
+    return spec.T if spec.kind == "mpt" or (spec.kind == "lstm" and variant == "folded") else "tokens"
+
+
+def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "float32") -> onnx.ModelProto:
+    """The unchecked model for a ModuleSpec (export() checks and infers shapes)."""
+    if variant not in VARIANTS:
+        raise InputError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
+    dtype = export_dtype(dtype)
+    g = GraphBuilder(DTYPES[dtype])
+    tokens = tokens_dim(spec, variant)
+    inputs = [int64_input(INPUT_INDICES, ["batch", tokens])]
+    task_ids = None
+    if spec.kind == "mpt":
+        inputs.append(int64_input(INPUT_TASK_IDS, ["task_batch"]))  # B or 1
+        task_ids = INPUT_TASK_IDS
+    out = (_faithful if variant == "faithful" else _folded).build(g, spec, INPUT_INDICES, task_ids)
+    g.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT], name="prompt_embeddings/Identity"))
+    doc = (f"mpt-ref {spec.module_name} ({spec.kind}), variant={variant}, dtype={dtype}. "
+           "Ids outside their range give NaN outputs (spec/onnx.md, task-id policy).")
+    meta = {"module": spec.module_name, "kind": spec.kind, "variant": variant, "dtype": dtype,
+            "config": spec.config_json, "spec_version": SPEC_VERSION, "mpt_ref_version": __version__}
+    return g.model(inputs, OUTPUT, ["batch", tokens, spec.D], name=f"mpt_ref_{spec.kind}_{variant}", doc=doc,
+                   metadata={META_PREFIX + k: v for k, v in meta.items()})
+
+
+def check(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Full checker plus strict shape inference; returns the model with inferred value_info."""
+    onnx.checker.check_model(model, full_check=True)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    onnx.checker.check_model(inferred, full_check=True)
+    return inferred
+
+
+def metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The ``mpt_ref.*`` metadata of an exported model, without the prefix."""
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def export(
+    module: Any,
+    path: str | os.PathLike | None = None,
+    *,
+    variant: str = "faithful",
+    dtype: Any = "float32",
+    opset: int = OPSET,
+    overwrite: bool = False,
+) -> onnx.ModelProto:
+    """Export a PromptEmbedding, MultitaskPromptEmbedding or PromptEncoder (MLP or LSTM; eval-mode
+    semantics) to ONNX. Graph inputs ``indices`` int64 (batch, tokens) and, for MPT, ``task_ids``
+    int64 (B or 1); output ``prompt_embeddings`` (batch, tokens, D) in ``dtype``.
+
+    variant: "faithful" (the reference math node by node) or "folded" (a precomputed prompt table and
+    one Gather). dtype: "float32" or "float16". opset: only the pinned opset (onnx_export/opset.py).
+    path: written atomically; an existing file is refused unless overwrite=True.
+    """
+    if isinstance(opset, bool) or opset != OPSET:
+        raise InputError(f"opset: expected {OPSET} (the pinned opset, onnx_export/opset.py), got {opset!r}")
+    model = check(build_model(module_spec(module), variant=variant, dtype=dtype))
+    if path is not None:
+        atomic_write_bytes(path, model.SerializeToString(), overwrite=overwrite)
+    return model

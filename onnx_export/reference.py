@@ -1,0 +1,91 @@
+"""What an exported graph must output: the mpt_ref math in float64, plus the NaN policy of spec/onnx.md.
+
+``expected_output`` is the oracle of the parity checker and the tests. It evaluates the module's own
+parameters (as the module holds them, cast to float64) with mpt_ref's functional cores, on the ids
+made valid, then writes NaN exactly where the exported graph must produce NaN:
+
+- faithful: every output vector that depends on an invalid id — the position of an invalid index
+  (embedding, MLP, MPT), the whole row of an invalid index for the LSTM (both directions read every
+  position), the whole row of an invalid task id (MPT);
+- folded: as faithful for the embedding and the MLP (a table lookup is exact for any indices); for
+  the LSTM and MPT, whose per-row tables hold the prompt for PEFT's indices only, every row that is
+  not arange(T) or has an invalid task id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mpt_ref import _checks
+from mpt_ref.config import PromptEncoderReparameterizationType as EncoderType
+from mpt_ref.embedding import embedding_forward
+from mpt_ref.errors import InputError
+from mpt_ref.mpt import mpt_forward
+from mpt_ref.prompt_encoder import prompt_encoder_forward
+
+from ._spec import ModuleSpec
+
+VARIANTS = ("faithful", "folded")
+
+
+def float64_params(spec: ModuleSpec) -> dict[str, np.ndarray]:
+    return {k: v.astype(np.float64) for k, v in spec.params.items()}
+
+
+def module_math(spec: ModuleSpec, indices: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
+    """The module's forward in float64 for valid ids: indices (B, T'), task_ids (B,) -> (B, T', D)."""
+    p = float64_params(spec)
+    if spec.kind == "embedding":
+        return embedding_forward(p["embedding.weight"], indices)[0]
+    if spec.kind == "mpt":
+        return mpt_forward(p, indices, task_ids)[0]
+    encoder_type = EncoderType.LSTM if spec.kind == "lstm" else EncoderType.MLP
+    return prompt_encoder_forward(p, indices, encoder_type=encoder_type, num_layers=spec.L)[0]
+
+
+def prompt_table(spec: ModuleSpec) -> np.ndarray:
+    """What PEFT's indices give, in float64: (T, D) for an encoder, (K, T, D) per task for MPT."""
+    arange = np.arange(spec.T)[None]  # 1,T
+    if spec.kind == "mpt":
+        K = spec.K
+        return module_math(spec, np.repeat(arange, K, axis=0), np.arange(K))  # K,T,D
+    return module_math(spec, arange)[0]  # T,D
+
+
+def _task_rows(task_ids: Any, batch: int) -> np.ndarray:
+    if task_ids is None:
+        raise InputError("task_ids: expected an integer array of length B or 1, got None (task_ids cannot be None)")
+    t = _checks.int_array("task_ids", task_ids, ndim=1)
+    if t.shape[0] not in (batch, 1):
+        raise InputError(f"task_ids: expected length B={batch} or 1, got length {t.shape[0]}")
+    return np.broadcast_to(t, (batch,))
+
+
+def expected_output(spec: ModuleSpec, indices: Any, task_ids: Any = None, *, variant: str = "faithful") -> np.ndarray:
+    """float64 (B, T', D): the graph's required output, NaN where spec/onnx.md's policy says so."""
+    if variant not in VARIANTS:
+        raise InputError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
+    idx = _checks.int_array("indices", indices, ndim=2)
+    B, tokens = idx.shape
+    if (spec.kind == "mpt" or (spec.kind == "lstm" and variant == "folded")) and tokens != spec.T:
+        raise InputError(f"indices: expected shape (B, T) with T={spec.T} (total virtual tokens), got shape {idx.shape}")
+    idx_ok = (idx >= 0) & (idx < spec.T)  # B,T'
+    safe_idx = np.where(idx_ok, idx, 0)
+    task_ok = np.ones(B, dtype=bool)
+    safe_t = None
+    if spec.kind == "mpt":
+        t = _task_rows(task_ids, B)
+        task_ok = (t >= 0) & (t < spec.K)  # B
+        safe_t = np.where(task_ok, t, 0)
+    out = module_math(spec, safe_idx, safe_t)  # B,T',D
+    rows_peft = (idx == np.arange(tokens)).all(axis=1) & (tokens == spec.T)  # B
+    if variant == "folded" and spec.kind in ("lstm", "mpt"):
+        nan = ~(rows_peft & task_ok)[:, None] & np.ones((1, tokens), dtype=bool)  # B,T'
+    elif spec.kind == "lstm":
+        nan = ~idx_ok.all(axis=1, keepdims=True) & np.ones((1, tokens), dtype=bool)  # B,T'
+    else:
+        nan = ~idx_ok | ~task_ok[:, None]  # B,T'
+    out[nan] = np.nan
+    return out
