@@ -1,0 +1,136 @@
+"""``mpt-ref export`` and ``mpt-ref parity``.
+
+    mpt-ref export -o prompt.onnx [--config adapter_config.json] [--checkpoint weights.safetensors]
+                   [--kind mpt] [--seed 0] [--variant faithful|folded] [--dtype float32|float16]
+                   [--providers cpu,cuda] [--batch 3] [--force]
+    mpt-ref parity prompt.onnx (same module options) [--providers cpu,cuda,cuda-tf32,onnx-reference]
+
+The module comes from --config (any of the three PEFT configs; its peft_type picks the module) or,
+without one, from the built-in default of --kind, initialised with --seed; --checkpoint loads a
+safetensors state dict under PEFT's module keys (a PEFT adapter's ``prompt_embeddings`` is read as
+``embedding.weight``). Both commands print the parity report; exit status 1 when parity fails, 2 on
+bad arguments or files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from mpt_ref.config import (
+    MultitaskPromptTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    TaskType,
+    load_config,
+)
+from mpt_ref.errors import CheckpointError, InputError
+from mpt_ref.multitask import MultitaskPromptEmbedding
+from mpt_ref.prompt_embedding import PromptEmbedding
+from mpt_ref.prompt_encoder import PromptEncoder
+
+from .exporter import DTYPES, export
+from .parity import check_parity
+from .reference import VARIANTS
+from .runtimes import PROVIDERS
+
+DEFAULT_CONFIGS = {
+    "prompt-tuning": lambda: PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32),
+    "mpt": lambda: MultitaskPromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+                                               num_tasks=3, num_ranks=2),
+    "mlp": lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+                                       encoder_hidden_size=16),
+    "lstm": lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+                                        encoder_hidden_size=16, encoder_reparameterization_type="LSTM",
+                                        encoder_num_layers=2),
+}
+ADAPTER_TABLE_KEY = "prompt_embeddings"  # PEFT's adapter-file name for embedding.weight
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A safetensors file -> {key: ndarray}."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"--checkpoint: expected a .safetensors file, got {path.name!r}")
+    try:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(path))
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"--checkpoint: expected an existing file, got missing path {path}") from exc
+    except Exception as exc:  # safetensors raises its own errors on malformed files
+        raise CheckpointError(f"{path}: expected a readable safetensors file, got {exc}") from exc
+    if ADAPTER_TABLE_KEY in tensors and "embedding.weight" not in tensors:
+        tensors["embedding.weight"] = tensors.pop(ADAPTER_TABLE_KEY)
+    return tensors
+
+
+def build_module(config_path: str | None, checkpoint: str | None, kind: str, seed: int) -> Any:
+    """The module the command exports / checks (see the module docstring)."""
+    config = load_config(config_path) if config_path else DEFAULT_CONFIGS[kind]()
+    if isinstance(config, MultitaskPromptTuningConfig):
+        module: Any = MultitaskPromptEmbedding(config, seed=seed)
+    elif isinstance(config, PromptTuningConfig):
+        module = PromptEmbedding(config, seed=seed)
+    else:
+        module = PromptEncoder(config, seed=seed).eval()
+    if checkpoint:
+        module.load_state_dict(read_checkpoint(checkpoint), strict=True)
+    return module
+
+
+def _providers(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in PROVIDERS]
+    if not names or bad:
+        raise InputError(f"--providers: expected a comma-separated list of {list(PROVIDERS)}, got {text!r}")
+    return names
+
+
+def _module_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="adapter_config.json (or its directory); default: the built-in --kind config")
+    p.add_argument("--checkpoint", help="safetensors state dict under PEFT keys; default: seeded init")
+    p.add_argument("--kind", choices=sorted(DEFAULT_CONFIGS), default="mpt", help="built-in config when no --config")
+    p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
+    p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
+    p.add_argument("--batch", type=int, default=3, help="batch size of the parity inputs (default 3)")
+
+
+def _report(model: Any, module: Any, args: argparse.Namespace) -> int:
+    report = check_parity(model, module, providers=_providers(args.providers), batch=args.batch, seed=args.seed)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    providers = _providers(args.providers)  # refuse a bad list before writing anything
+    del providers
+    module = build_module(args.config, args.checkpoint, args.kind, args.seed)
+    model = export(module, args.output, variant=args.variant, dtype=args.dtype, overwrite=args.force)
+    print(f"wrote {args.output} ({model.ByteSize()} bytes): {type(module).__name__}, variant={args.variant}, "
+          f"dtype={args.dtype}")
+    return _report(model, module, args)
+
+
+def _parity(args: argparse.Namespace) -> int:
+    if not Path(args.model).is_file():
+        raise InputError(f"model: expected an existing .onnx file, got {args.model!r}")
+    module = build_module(args.config, args.checkpoint, args.kind, args.seed)
+    return _report(args.model, module, args)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a module to ONNX and print its onnxruntime parity report")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
+    p.add_argument("--variant", choices=VARIANTS, default="faithful")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _module_args(p)
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("parity", help="run an exported model in onnxruntime against the float64 reference")
+    p.add_argument("model", help="an .onnx file written by mpt-ref export")
+    _module_args(p)
+    p.set_defaults(func=_parity)
