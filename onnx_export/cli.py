@@ -8,13 +8,15 @@
 The module comes from --config (any of the three PEFT configs; its peft_type picks the module) or,
 without one, from the built-in default of --kind, initialised with --seed; --checkpoint loads a
 safetensors state dict under PEFT's module keys (a PEFT adapter's ``prompt_embeddings`` is read as
-``embedding.weight``). Both commands print the parity report; exit status 1 when parity fails, 2 on
+``embedding.weight``). A P-tuning config's ``inference_mode`` is ignored (PEFT saves it as true
+always): the encoder's heads are built unless the checkpoint holds only the prompt table. Both commands print the parity report; exit status 1 when parity fails, 2 on
 bad arguments or files.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -70,14 +72,20 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def build_module(config_path: str | None, checkpoint: str | None, kind: str, seed: int) -> Any:
     """The module the command exports / checks (see the module docstring)."""
     config = load_config(config_path) if config_path else DEFAULT_CONFIGS[kind]()
+    state = read_checkpoint(checkpoint) if checkpoint else None
+    if isinstance(config, PromptEncoderConfig):
+        # PEFT writes inference_mode=true into every saved config, so the flag says nothing here: the
+        # heads are built unless the checkpoint holds the prompt table alone (a PEFT adapter file).
+        table_only = state is not None and set(state) == {"embedding.weight"}
+        config = dataclasses.replace(config, inference_mode=table_only)
     if isinstance(config, MultitaskPromptTuningConfig):
         module: Any = MultitaskPromptEmbedding(config, seed=seed)
     elif isinstance(config, PromptTuningConfig):
         module = PromptEmbedding(config, seed=seed)
     else:
         module = PromptEncoder(config, seed=seed).eval()
-    if checkpoint:
-        module.load_state_dict(read_checkpoint(checkpoint), strict=True)
+    if state is not None:
+        module.load_state_dict(state, strict=True)
     return module
 
 
