@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, example, given, note, strategies as st
+from hypothesis import assume, given, strategies as st
 
 from mpt_ref import tolerances as tol
 from mpt_ref.activations import relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward

@@ -15,6 +15,7 @@ import mpt_ref
 from mpt_ref import tolerances as tol
 from mpt_ref.config import PromptEncoderReparameterizationType as EncoderType
 from mpt_ref.gradcheck import gradcheck
+from mpt_ref.lstm_stack import lstm_stack_forward
 from mpt_ref.prompt_encoder import prompt_encoder_backward, prompt_encoder_forward
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.assertions import assert_close, assert_grads_close, assert_same_keys_and_shapes
@@ -38,9 +39,8 @@ def head_relu_inputs(module, indices, masks=None):
     params = module.state_dict()
     x = params["embedding.weight"][indices]
     if module.encoder_type == EncoderType.LSTM:
-        from mpt_ref.lstm_stack import lstm_stack_forward
-
-        scales = module._dropout_scales(masks, indices.shape, draw=False) if masks is not None else None
+        p = module.dropout
+        scales = None if masks is None else [m / (1 - p) for m in masks]
         x, _ = lstm_stack_forward(params, x, num_layers=module.num_layers, dropout_scales=scales)
     pre = []
     for j in range(2 if module.encoder_type == EncoderType.MLP else 1):
