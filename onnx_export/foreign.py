@@ -1,0 +1,110 @@
+"""Verify an ONNX model made by anyone (e.g. ``torch.onnx.export`` of a PEFT module) against mpt-ref.
+
+The model needs one int64 input of rank 2 (the prompt indices, B×T) and, for MPT, one int64 input of
+rank 1 (task ids); names are free. Weights come from ``checkpoint`` (a safetensors state dict under
+PEFT keys, or a PEFT adapter file) or else from the model's initializers whose names are PEFT keys
+(true of ``torch.onnx.export`` for the embedding and MPT factors, not for its converted LSTM weights).
+Inputs are generated in range only: foreign graphs have no id policy to check. A model exported by
+mpt-ref itself is judged by its stamped variant (a folded MPT/LSTM graph answers PEFT's rows only). ``mpt-ref verify
+--onnx`` is the command.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from mpt_ref.errors import CheckpointError, InputError
+from mpt_ref.multitask import MultitaskPromptEmbedding
+
+from ._spec import module_spec
+from .cli import build_module
+from .exporter import metadata
+from .parity import Comparison, ParityReport, compare, tolerance
+from .reference import expected_output
+from .runtimes import Runner
+
+_ONNX_FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
+
+
+def _graph_inputs(model: onnx.ModelProto) -> tuple[onnx.ValueInfoProto, onnx.ValueInfoProto | None]:
+    initializers = {t.name for t in model.graph.initializer}
+    ints = [v for v in model.graph.input
+            if v.name not in initializers and v.type.tensor_type.elem_type == onnx.TensorProto.INT64]
+    by_rank = {len(v.type.tensor_type.shape.dim): v for v in reversed(ints)}
+    if 2 not in by_rank:
+        raise InputError(f"model: expected an int64 input of rank 2 (indices), got inputs "
+                         f"{[v.name for v in model.graph.input if v.name not in initializers]}")
+    return by_rank[2], by_rank.get(1)
+
+
+def _static(value_info: onnx.ValueInfoProto, axis: int) -> int | None:
+    dim = value_info.type.tensor_type.shape.dim[axis]
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def weights_from_initializers(model: onnx.ModelProto, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    found = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in keys}
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise CheckpointError(f"model initializers: expected tensors named {missing} (PEFT keys), got none by "
+                              "those names; pass the weights with --checkpoint")
+    return found
+
+
+def verify_onnx(
+    model_path: str | os.PathLike,
+    config_path: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    providers: Sequence[str] = ("cpu",),
+    batch: int = 3,
+    seed: int = 0,
+) -> ParityReport:
+    """Run the model on in-range inputs (PEFT's arange rows and random rows, and a second batch size
+    when the batch is dynamic) and compare with the float64 reference of the configured module."""
+    model = onnx.load(str(model_path))
+    module: Any = build_module(str(config_path), None if checkpoint is None else str(checkpoint), "mpt", seed)
+    if checkpoint is None:
+        module.load_state_dict(weights_from_initializers(model, list(module.state_dict())))
+    spec = module_spec(module)
+    idx_info, task_info = _graph_inputs(model)
+    if isinstance(module, MultitaskPromptEmbedding) and task_info is None:
+        raise InputError("model: expected an int64 input of rank 1 (task_ids) for a multitask prompt, got none")
+    dtype = _ONNX_FLOATS.get(model.graph.output[0].type.tensor_type.elem_type)
+    if dtype is None:
+        raise InputError(f"model: expected a float32 or float16 output, got ONNX type "
+                         f"{model.graph.output[0].type.tensor_type.elem_type}")
+    fixed_batch, fixed_tokens = _static(idx_info, 0), _static(idx_info, 1)
+    T = spec.T
+    variant = metadata(model).get("variant", "faithful")  # our own folded exports answer arange rows only
+    if fixed_tokens not in (None, T):
+        raise InputError(f"model: expected indices with T={T} tokens (or a dynamic axis), got {fixed_tokens}")
+    batches = [fixed_batch] if fixed_batch else [batch, 1]
+    rng = np.random.default_rng(seed)
+    cases = []
+    for b in batches:
+        tasks = rng.integers(0, max(spec.K, 1), size=b)
+        cases.append((f"peft rows, B={b}", np.tile(np.arange(T), (b, 1)), tasks))
+        cases.append((f"random rows, B={b}", rng.integers(0, T, size=(b, T)), tasks))
+    comparisons = []
+    for provider in providers:
+        tol = tolerance(dtype, provider)
+        runner = Runner(model, provider)
+        for name, indices, tasks in cases:
+            feeds = {idx_info.name: indices.astype(np.int64)}
+            if task_info is not None:
+                feeds[task_info.name] = tasks.astype(np.int64)
+            want = expected_output(spec, indices, tasks if spec.kind == "mpt" else None, variant=variant)
+            try:
+                got = runner.run(feeds)
+            except Exception as exc:  # a runtime refusing an input is a failure, reported
+                comparisons.append(Comparison(name, provider, (), np.inf, np.inf, 0, 0.0, 0, 0, tol, False,
+                                              f"{type(exc).__name__}: {str(exc)[:200]}"))
+                continue
+            comparisons.append(compare(name, provider, got, want, tol))
+    return ParityReport(spec.module_name, "foreign", dtype, comparisons)
