@@ -130,3 +130,31 @@ def test_error_contract_entries_hold_for_the_reference(case):
 def test_committed_error_contract_is_current():
     on_disk = json.loads((VECTORS / "errors.json").read_text())
     assert on_disk["cases"] == json.loads(json.dumps(list(ERROR_CASES)))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_backend_layout_runs_in_onnxruntime(name):
+    """model.onnx + test_data_set_0 as an ONNX backend runner would use them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from mpt_ref.tolerances import ONNX_PARITY
+
+    case_dir = VECTORS / name / "onnx"
+    vec.read_case(VECTORS, name)  # hashes, including the onnx files
+    model = onnx.load(str(case_dir / "model.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    data = case_dir / "test_data_set_0"
+    feeds = {}
+    for path in sorted(data.glob("input_*.pb")):
+        t = onnx.TensorProto()
+        t.ParseFromString(path.read_bytes())
+        feeds[t.name] = numpy_helper.to_array(t)
+    out = onnx.TensorProto()
+    out.ParseFromString((data / "output_0.pb").read_bytes())
+    want = numpy_helper.to_array(out)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    tol = ONNX_PARITY[("float32", "cpu")]
+    scale = float(np.abs(want).max()) or 1.0
+    assert_close(name, got, want, tol._replace(atol=tol.atol * scale))  # atol relative to the prompt scale

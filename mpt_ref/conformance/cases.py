@@ -141,6 +141,8 @@ def build_module(spec: CaseSpec) -> Any:
             save_file(source_tensors(spec), str(path))
             config["prompt_tuning_init_state_dict_path"] = str(path)
         module = MODULES[spec.module](config_from_dict(config), seed=spec.seed, dtype=np.dtype(spec.dtype))
+    if spec.source_tasks:  # the config names the source as the case directory has it, not the temp copy
+        module.config = dataclasses.replace(module.config, **_SOURCE)
     return module.eval() if isinstance(module, PromptEncoder) else module
 
 

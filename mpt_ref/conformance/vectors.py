@@ -9,6 +9,9 @@ Layout (format ``mpt-ref-vectors/1``)::
     <dir>/<case>/inputs.safetensors   indices (int64), task_ids (int64, MPT), grad_output
     <dir>/<case>/output.safetensors   output (B, T, D)
     <dir>/<case>/grads.safetensors    d sum(output * grad_output) / d param, PEFT keys
+    <dir>/<case>/onnx/model.onnx      the faithful float32 ONNX export, with onnx/test_data_set_0/
+                                      input_0.pb (indices), input_1.pb (task_ids, MPT), output_0.pb
+                                      (the reference output rounded to float32): ONNX backend-test layout
     <dir>/<case>/source.safetensors   source-init cases only: the MPT source checkpoint the config
                                       names (prompt_embeddings, prefix_task_cols, prefix_task_rows);
                                       params.safetensors then holds the parameters after the init
@@ -44,7 +47,9 @@ holds case.json (module, config in adapter_config.json form, seed, dtype, tolera
 safetensors files readable without Python: params (PEFT keys), inputs (indices, task_ids, grad_output),
 output (key "output"), grads (PEFT keys: gradient of sum(output * grad_output)), and for MPT
 source-init cases source (the checkpoint the config's relative prompt_tuning_init_state_dict_path
-names; params then holds the parameters after the init). index.json lists the sha256 of every file.
+names; params then holds the parameters after the init). onnx/ holds the ONNX backend-test layout
+(model.onnx + test_data_set_0/input_N.pb, output_0.pb) of the float32 export for ONNX runtimes.
+index.json lists the sha256 of every file.
 errors.json lists invalid inputs and the error class (and builtin base) each must raise.
 
 A port passes a case when |got - want| <= atol + rtol * |want| for every entry, with the case's own
@@ -68,6 +73,26 @@ def case_record(spec: CaseSpec) -> dict:
     }
 
 
+def onnx_backend_files(spec: CaseSpec, ref: dict) -> dict[str, bytes]:
+    """The ONNX backend-test layout of a case: the faithful float32 export of its module and one test
+    data set (inputs and the reference output rounded to float32), as serialized TensorProtos."""
+    from onnx import numpy_helper
+
+    import onnx_export
+    from .cases import build_module
+
+    model = onnx_export.export(build_module(spec), variant="faithful", dtype="float32")
+    inputs = [("indices", ref["inputs"]["indices"])]
+    if "task_ids" in ref["inputs"]:
+        inputs.append(("task_ids", ref["inputs"]["task_ids"]))
+    files = {"onnx/model.onnx": model.SerializeToString()}
+    for n, (name, value) in enumerate(inputs):
+        files[f"onnx/test_data_set_0/input_{n}.pb"] = numpy_helper.from_array(value, name).SerializeToString()
+    output = numpy_helper.from_array(ref["output"].astype(np.float32), "prompt_embeddings")
+    files["onnx/test_data_set_0/output_0.pb"] = output.SerializeToString()
+    return files
+
+
 def case_files(spec: CaseSpec) -> dict[str, bytes]:
     """The bytes of every file of one case directory (deterministic for a given seed)."""
     ref = run_reference(spec)
@@ -83,6 +108,7 @@ def case_files(spec: CaseSpec) -> dict[str, bytes]:
     for name, arrays in tensors.items():
         files[f"{name}.safetensors"] = save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
                                             metadata={"format": FORMAT})
+    files.update(onnx_backend_files(spec, ref))
     return files
 
 

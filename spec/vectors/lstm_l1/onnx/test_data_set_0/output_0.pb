@@ -1,0 +1,1 @@
+Bprompt_embeddingsJs¾Öêç½~]†¾oÕŸ¾F-Ü½kD‰¾oÕŸ¾F-Ü½kD‰¾oÕŸ¾F-Ü½kD‰¾s¾Öêç½~]†¾oÕŸ¾F-Ü½kD‰¾oÕŸ¾F-Ü½kD‰¾oÕŸ¾F-Ü½kD‰¾s¾Öêç½~]†¾oÕŸ¾F-Ü½kD‰¾oÕŸ¾F-Ü½kD‰¾oÕŸ¾F-Ü½kD‰¾

@@ -1,0 +1,1 @@
+Bprompt_embeddingsJdÓ=ù¡u=

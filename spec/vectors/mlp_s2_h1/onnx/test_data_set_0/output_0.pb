@@ -1,0 +1,1 @@
+Bprompt_embeddingsJ`ÖÞH¿’'¨>GW]>kÔL¿¥>H8>ÖÞH¿’'¨>GW]>ÖÞH¿’'¨>GW]>ÖÞH¿’'¨>GW]>kÔL¿¥>H8>ÖÞH¿’'¨>GW]>ÖÞH¿’'¨>GW]>

@@ -1,0 +1,1 @@
+Bprompt_embeddingsJDe&¸ÁC?8›’8
