@@ -6,12 +6,14 @@ verdict. NaN must appear exactly where spec/onnx.md's id policy puts it (``refer
 
 A case passes when every entry the reference says is a number satisfies
 
-    |got − want| <= atol · s + rtol · |want|,   s = max |want| over the case (1 if that is 0),
+    |got − want| <= atol · s + rtol · |want|,   s = max(max |want| over the case, tiny),
 
 with (rtol, atol) = ``mpt_ref.tolerances.ONNX_PARITY[(dtype, provider)]``. atol is relative to the
 prompt's own scale s because prompts differ in scale by orders of magnitude (a fresh MPT prompt is
 ~4e-4·√R, an encoder's ~1), while the rounding error of a sum is proportional to its terms, not to
-its (possibly cancelled) result.
+its (possibly cancelled) result. ``tiny`` is the export dtype's smallest normal number (6.1e-5 for
+float16): a prompt smaller than that has no relative precision left in the dtype (its entries are
+subnormal or flush to zero), so its error is judged against that floor instead.
 """
 
 from __future__ import annotations
@@ -71,8 +73,8 @@ def compare(case: str, provider: str, got: np.ndarray, want: np.ndarray, tol: To
     mismatch = int(np.count_nonzero(nan_want != np.isnan(got)) + np.count_nonzero(np.isinf(got)))
     both = ~nan_want & np.isfinite(got)
     g, w = got[both].astype(np.float64), want[both]
-    scale = float(np.max(np.abs(w))) if w.size else 0.0
-    scale = scale or 1.0
+    tiny = float(np.finfo(got.dtype).tiny)  # smallest normal number: below it no relative precision
+    scale = max(float(np.max(np.abs(w), initial=0.0)), tiny)
     err = np.abs(g - w)
     normal = np.abs(w) >= np.finfo(got.dtype).tiny  # below it the dtype itself has no relative precision
     rel = err[normal] / np.abs(w[normal])
