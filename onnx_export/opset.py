@@ -6,9 +6,10 @@ IR version to 10, the lowest IR that carries opset 21 (``onnx.helper.VERSION_TAB
 IR 10, opset 21). onnxruntime has run both since 1.18 — the oldest version ``pyproject.toml`` allows —
 so the files load in 1.31 and 1.32 alike (tests/test_onnx_export.py checks the stamps and the table).
 
-Operator versions this pins (all the graphs use): Gather-13, MatMul-13, Mul-14, Add-14, Relu-14,
-Transpose-21, Reshape-21, Concat-13, LSTM-14, Where-16, And-7, Less-13, GreaterOrEqual-16, Equal-19,
-Expand-13, Shape-21, Cast-21, ReduceMin-20, Unsqueeze-21.
+Operator versions this pins (every op the graphs use; tests/test_onnx_export.py checks the list):
+Add-14, And-7, Cast-21, Concat-13, Equal-19, Expand-13, Gather-13, GreaterOrEqual-16, Identity-21,
+LSTM-14, Less-13, MatMul-13, Mul-14, ReduceMin-20, Relu-14, Reshape-21, Shape-21, Transpose-21,
+Unsqueeze-21, Where-16.
 """
 
 from __future__ import annotations

@@ -237,3 +237,18 @@ def test_demo_hook(capsys):
     assert export_and_check(make_module("mpt"))
     text = capsys.readouterr().out
     assert "ONNX parity: PASS" in text and text.count(" OK") == 3
+
+
+def test_opset_doc_lists_every_operator_version_used():
+    import re
+
+    from onnx import defs
+
+    from onnx_export import opset
+
+    documented = set(re.findall(r"\b([A-Z][A-Za-z]+)-(\d+)\b", opset.__doc__))
+    used = set()
+    for kind in KINDS:
+        for variant in VARIANTS:
+            used |= {n.op_type for n in export(make_module(kind), variant=variant).graph.node}
+    assert documented == {(op, str(defs.get_schema(op, OPSET).since_version)) for op in used}
