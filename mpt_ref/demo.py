@@ -1,5 +1,6 @@
 """``mpt-ref demo``: build the embedded default MPT model, run forward and backward, and check every
-parameter gradient against float64 central differences. Exit status 1 if any check fails."""
+parameter gradient against float64 central differences, then export it to ONNX and check it in
+onnxruntime. Exit status 1 if any check fails."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ def run_demo(seed: int = 0) -> bool:
               f"{rep.max_abs_err:>12.3e}  {'OK' if good else 'FAIL'}")
     print(f"gradient check vs central differences (rtol {GRADCHECK_F64.rtol:g}, atol {GRADCHECK_F64.atol:g}): "
           f"{'PASS' if ok else 'FAIL'}")
+    from onnx_export.demo import export_and_check  # ONNX export + onnxruntime parity (spec/onnx.md)
+
+    ok &= export_and_check(model, seed=seed)
     return ok
 
 
