@@ -194,7 +194,7 @@ def test_stack_backward_matches_central_differences_for_every_layer_and_directio
         assert rep.ok(tol.GRADCHECK_NONLINEAR_F64.rtol, tol.GRADCHECK_NONLINEAR_F64.atol), rep
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(hs.lstm_stack_cases(max_layers=3).filter(lambda c: c.config["num_layers"] > 1), st.data())
 def test_stack_with_dropout_masks_matches_central_differences(case, data):
     L = case.config["num_layers"]

@@ -97,7 +97,7 @@ def test_backward_matches_central_differences(case):
         assert rep.ok(tol.GRADCHECK_NONLINEAR_F64.rtol, tol.GRADCHECK_NONLINEAR_F64.atol), rep
 
 
-@settings(max_examples=20)
+@settings(max_examples=10)  # the class path reloads the params per probe; test_lstm.py covers masks in depth
 @given(hs.lstm_encoder_cases(dropout=True, max_batch=2))
 def test_train_mode_backward_with_masks_matches_central_differences(case):
     module = module_for(case).train()
@@ -112,7 +112,7 @@ def test_train_mode_backward_with_masks_matches_central_differences(case):
         module.load_state_dict(p)
         return module.backward(d, idx, dropout_masks=masks)
 
-    for rep in gradcheck(forward, backward, case.params, case.dout, max_entries=6):
+    for rep in gradcheck(forward, backward, case.params, case.dout, max_entries=4):
         assert rep.ok(tol.GRADCHECK_NONLINEAR_F64.rtol, tol.GRADCHECK_NONLINEAR_F64.atol), rep
 
 
