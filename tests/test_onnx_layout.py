@@ -149,3 +149,29 @@ def test_converted_layers_match_torch_nn_lstm(layers):
     for k in range(layers):
         y = onnx_lstm_layer(params, y, layer=k).astype(np.float64)
     assert_close("ONNX LSTM stack vs torch", y, want, tol.ONNX_PARITY[("float32", "cpu")])
+
+
+@pytest.mark.peft
+@pytest.mark.parametrize("encoder_type, layers", [("MLP", 2), ("LSTM", 1), ("LSTM", 3)])
+def test_exported_encoder_matches_peft_prompt_encoder(encoder_type, layers):
+    """PEFT's own PromptEncoder (torch, float64) -> its state_dict into mpt_ref -> ONNX -> onnxruntime."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    from peft.tuners.p_tuning.model import PromptEncoder as PeftPromptEncoder
+
+    import mpt_ref
+    from onnx_export import export
+
+    kw = dict(task_type="CAUSAL_LM", num_virtual_tokens=4, token_dim=6, encoder_hidden_size=3,
+              encoder_reparameterization_type=encoder_type, encoder_num_layers=layers)
+    torch.manual_seed(layers)
+    theirs = PeftPromptEncoder(peft.PromptEncoderConfig(**kw, num_transformer_submodules=1)).double().eval()
+    ours = mpt_ref.PromptEncoder(mpt_ref.PromptEncoderConfig(**kw), seed=0)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    idx = np.tile(np.arange(4), (3, 1))
+    with torch.no_grad():
+        want = theirs(torch.from_numpy(idx)).numpy()
+    for variant in ("faithful", "folded"):
+        got = run_model(export(ours, variant=variant), {"indices": idx})
+        s = max(1.0, np.abs(want).max())
+        assert_close(f"{encoder_type} L={layers} {variant}", got / s, want / s, tol.ONNX_PARITY[("float32", "cpu")])
