@@ -159,7 +159,7 @@ def test_float32_module_agrees_with_float64(case):
     assert out.dtype == np.float32
     want = m64.forward(idx)
     scale = float(np.abs(want).max(initial=0)) + 1
-    assert_close("out", out, want, tol.Tol(1e-5, 1e-5 * scale, "float32 rounding through the head and LSTM"))
+    assert_close("out", out, want, tol.Tol(tol.F32_ENCODER.rtol, tol.F32_ENCODER.atol * scale, tol.F32_ENCODER.reason))
     grads = m32.backward(case.dout, idx)
     assert all(g.dtype == np.float32 for g in grads.values())
 
