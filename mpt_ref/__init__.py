@@ -22,6 +22,7 @@ from .errors import (
     MptRefError,
     OutputExistsError,
 )
+from .adapter import load_peft_adapter, save_pretrained
 from .multitask import MultitaskPromptEmbedding
 from .prompt_embedding import PromptEmbedding
 from .prompt_encoder import PromptEncoder
@@ -50,5 +51,7 @@ __all__ = [
     "PromptTuningInit",
     "TaskType",
     "config_from_dict",
+    "load_peft_adapter",
+    "save_pretrained",
     "load_config",
 ]

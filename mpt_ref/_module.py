@@ -54,5 +54,11 @@ class Module:
         self._params.update(staged)
         return LoadResult(missing, unexpected)
 
+    def save_pretrained(self, save_directory: Any, *, overwrite: bool = False) -> Any:
+        """Write a PEFT adapter directory (see mpt_ref.adapter.save_pretrained)."""
+        from .adapter import save_pretrained
+
+        return save_pretrained(self, save_directory, overwrite=overwrite)
+
     def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         return self.forward(*args, **kwargs)

@@ -107,21 +107,10 @@ def init_task_factors(
 
 
 def load_source_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Tensors of an MPT source checkpoint (``.safetensors``), as NumPy arrays."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(
-            f"prompt_tuning_init_state_dict_path: expected a .safetensors file, got {path.name!r} "
-            "(PyTorch .bin sources are read by mpt_ref.checkpoint once available)"
-        )
-    try:
-        from safetensors.numpy import load_file
+    """Tensors of an MPT source checkpoint: ``.safetensors`` or a PyTorch ``.bin`` (read without torch)."""
+    from .checkpoint import read_tensors
 
-        return load_file(str(path))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"prompt_tuning_init_state_dict_path: no such file {path}") from exc
-    except Exception as exc:  # safetensors raises its own SafetensorError / ValueError on bad files
-        raise CheckpointError(f"{path}: expected a readable safetensors file, got {exc}") from exc
+    return read_tensors(path)
 
 
 def _source_tensor(source: dict[str, np.ndarray], key: str, shape: tuple[int, ...], what: str) -> np.ndarray:

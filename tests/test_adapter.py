@@ -1,0 +1,126 @@
+"""PEFT adapter directories written and read by mpt-ref (no torch needed)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+import mpt_ref
+from mpt_ref.adapter import ENCODER_NAME, WEIGHTS_NAME
+from mpt_ref.checkpoint import read_safetensors, write_safetensors
+
+MPT = mpt_ref.MultitaskPromptTuningConfig(num_virtual_tokens=3, token_dim=4, num_tasks=3, num_ranks=2,
+                                          task_type="CAUSAL_LM")
+
+
+def encoder(kind):
+    cfg = mpt_ref.PromptEncoderConfig(num_virtual_tokens=3, token_dim=4, encoder_hidden_size=5, task_type="CAUSAL_LM",
+                                      encoder_reparameterization_type=kind)
+    return mpt_ref.PromptEncoder(cfg, seed=0).eval()
+
+
+def test_mpt_round_trip_and_files(tmp_path):
+    module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
+    module.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", WEIGHTS_NAME]
+    tensors, meta = read_safetensors(tmp_path / WEIGHTS_NAME)
+    assert meta == {"format": "pt"} and set(tensors) == {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["inference_mode"] is True
+    loaded = mpt_ref.load_peft_adapter(tmp_path)
+    assert isinstance(loaded, mpt_ref.MultitaskPromptEmbedding)
+    for k, v in module.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[k], v)
+    np.testing.assert_array_equal(loaded.get_prompt(4, [2, 0, 1, 2]), module.get_prompt(4, [2, 0, 1, 2]))
+
+
+def test_prompt_tuning_round_trip(tmp_path):
+    cfg = mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=3, prompt_tuning_init="TEXT",
+                                      prompt_tuning_init_text="hi", tokenizer_name_or_path="unused/tokenizer")
+    module = mpt_ref.PromptEmbedding(cfg, np.eye(5, 3), init_token_ids=[4, 1])
+    module.save_pretrained(tmp_path)
+    loaded = mpt_ref.load_peft_adapter(tmp_path)  # TEXT init is not re-run: no tokenizer needed
+    np.testing.assert_array_equal(loaded.get_prompt(2), module.get_prompt(2))
+
+
+@pytest.mark.parametrize("kind", ["MLP", "LSTM"])
+def test_p_tuning_saves_the_eval_table_and_the_full_encoder(tmp_path, kind):
+    module = encoder(kind)
+    module.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="inference-mode prompt table"):
+        table = mpt_ref.load_peft_adapter(tmp_path)
+    assert table.inference_mode and list(table.state_dict()) == ["embedding.weight"]
+    np.testing.assert_array_equal(table.prompt_table(), module.prompt_table())
+    full = mpt_ref.load_peft_adapter(tmp_path, full_encoder=True)
+    for k, v in module.state_dict().items():
+        np.testing.assert_array_equal(full.state_dict()[k], v)
+    (tmp_path / ENCODER_NAME).unlink()
+    with pytest.raises(mpt_ref.CheckpointError, match=ENCODER_NAME):
+        mpt_ref.load_peft_adapter(tmp_path, full_encoder=True)
+
+
+def test_save_refuses_existing_files_and_writes_nothing(tmp_path):
+    module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
+    (tmp_path / WEIGHTS_NAME).write_bytes(b"keep me")
+    with pytest.raises(mpt_ref.OutputExistsError):
+        module.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [WEIGHTS_NAME]
+    assert (tmp_path / WEIGHTS_NAME).read_bytes() == b"keep me"
+    module.save_pretrained(tmp_path, overwrite=True)
+    assert mpt_ref.load_peft_adapter(tmp_path).num_tasks == 3
+
+
+def test_source_init_config_loads_without_its_source_file(tmp_path):
+    """PEFT quirk Q4: PEFT re-runs the source init on load and needs the file; the saved factors win anyway."""
+    src = tmp_path / "src.safetensors"
+    module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
+    write_safetensors(src, {"prompt_embeddings": module.state_dict()["embedding.weight"],
+                            "prefix_task_cols": module.state_dict()["prefix_task_cols"],
+                            "prefix_task_rows": module.state_dict()["prefix_task_rows"]})
+    cfg = mpt_ref.MultitaskPromptTuningConfig(num_virtual_tokens=3, token_dim=4, num_ranks=2, num_tasks=1,
+                                              prompt_tuning_init="EXACT_SOURCE_TASK", prompt_tuning_init_task=1,
+                                              prompt_tuning_init_state_dict_path=str(src))
+    target = mpt_ref.MultitaskPromptEmbedding(cfg, seed=1)
+    target.save_pretrained(tmp_path / "adapter")
+    src.unlink()
+    loaded = mpt_ref.load_peft_adapter(tmp_path / "adapter")
+    assert loaded.config.prompt_tuning_init == "EXACT_SOURCE_TASK"
+    np.testing.assert_array_equal(loaded.get_prompt(2, [0]), target.get_prompt(2, [0]))
+
+
+def test_broken_adapters_raise_checkpoint_error(tmp_path):
+    module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
+    module.save_pretrained(tmp_path)
+    weights = read_safetensors(tmp_path / WEIGHTS_NAME)[0]
+    cases = {
+        "missing factor": ({k: v for k, v in weights.items() if k != "prefix_task_rows"}, "prefix_task_rows"),
+        "no table": ({k: v for k, v in weights.items() if k != "prompt_embeddings"}, "prompt_embeddings"),
+        "wrong shape": ({**weights, "prefix_task_cols": np.zeros((3, 3, 3), np.float32)}, "expected shape"),
+        "non-finite": ({**weights, "prompt_embeddings": np.full((3, 4), np.nan, np.float32)}, "finite"),
+        "int dtype": ({**weights, "prompt_embeddings": np.zeros((3, 4), np.int64)}, "float"),
+    }
+    for name, (tensors, match) in cases.items():
+        write_safetensors(tmp_path / WEIGHTS_NAME, tensors, overwrite=True)
+        with pytest.raises(mpt_ref.CheckpointError, match=match):
+            mpt_ref.load_peft_adapter(tmp_path)
+    (tmp_path / WEIGHTS_NAME).unlink()
+    with pytest.raises(mpt_ref.CheckpointError, match="adapter_model.safetensors or adapter_model.bin"):
+        mpt_ref.load_peft_adapter(tmp_path)
+    with pytest.raises(mpt_ref.CheckpointError, match="directory"):
+        mpt_ref.load_peft_adapter(tmp_path / "nope")
+
+
+def test_extra_keys_are_ignored_with_a_warning(tmp_path):
+    module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
+    module.save_pretrained(tmp_path)
+    weights = read_safetensors(tmp_path / WEIGHTS_NAME)[0]
+    write_safetensors(tmp_path / WEIGHTS_NAME, {**weights, "base_model.classifier.weight": np.ones((2, 4), np.float32)},
+                      overwrite=True)
+    with pytest.warns(UserWarning, match="base_model.classifier.weight"):
+        mpt_ref.load_peft_adapter(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module.save_pretrained(tmp_path, overwrite=True)
+        mpt_ref.load_peft_adapter(tmp_path)

@@ -1,0 +1,169 @@
+"""Hostile and broken checkpoint files end in CheckpointError: never code execution, a crash, unbounded
+memory or a hang. Property tests mutate valid files at random; hand-built pickles carry payloads."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from safetensors.numpy import save
+
+import mpt_ref
+from mpt_ref.checkpoint import parse_safetensors
+from mpt_ref.torch_pickle import read_torch_checkpoint
+
+VALID_ST = save({"prompt_embeddings": np.arange(12, dtype=np.float32).reshape(3, 4),
+                 "prefix_task_cols": np.ones((2, 3, 1), np.float32)}, metadata={"format": "pt"})
+
+
+def pickle_of_tensor_dict() -> bytes:
+    """A hand-written torch-style data.pkl: {"w": _rebuild_tensor_v2(storage '0' of 4 floats, 0, (2, 2), (2, 1))}."""
+    return (b"\x80\x02}q\x00X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(("
+            b"X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ"
+            b"K\x00K\x02K\x02\x86K\x02K\x01\x86\x89ccollections\nOrderedDict\n)RtRs.")
+
+
+def torch_zip(pkl: bytes, storages: dict[str, bytes] | None = None, root: str = "archive",
+              extra: dict[str, bytes] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(f"{root}/data.pkl", pkl)
+        zf.writestr(f"{root}/byteorder", b"little")
+        for key, data in (storages if storages is not None else {"0": struct.pack("<4f", 1, 2, 3, 4)}).items():
+            zf.writestr(f"{root}/data/{key}", data)
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+VALID_ZIP = torch_zip(pickle_of_tensor_dict())
+
+
+def write(tmp: Path, data: bytes, name: str = "adapter_model.bin") -> Path:
+    path = tmp / name
+    path.write_bytes(data)
+    return path
+
+
+def test_the_hand_written_torch_zip_is_valid(tmp_path):
+    got = read_torch_checkpoint(write(tmp_path, VALID_ZIP))
+    np.testing.assert_array_equal(got["w"], np.array([[1, 2], [3, 4]], np.float32))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_safetensors_never_escape_checkpoint_error(data):
+    blob = bytearray(VALID_ST)
+    kind = data.draw(st.sampled_from(["truncate", "flip", "header_len", "splice"]), label="mutation")
+    if kind == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1), label="cut")]
+    elif kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8), label="flips")):
+            i = data.draw(st.integers(0, len(blob) - 1), label="at")
+            blob[i] ^= data.draw(st.integers(1, 255), label="xor")
+    elif kind == "header_len":
+        blob[:8] = data.draw(st.integers(0, 2**64 - 1), label="n").to_bytes(8, "little")
+    else:
+        i = data.draw(st.integers(8, len(blob)), label="at")
+        blob[i:i] = data.draw(st.binary(max_size=64), label="junk")
+    try:
+        tensors, _ = parse_safetensors(bytes(blob))
+    except mpt_ref.CheckpointError:
+        return
+    assert all(isinstance(v, np.ndarray) for v in tensors.values())  # still valid: a well-formed result
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_torch_zips_never_escape_checkpoint_error(tmp_path, data):
+    blob = bytearray(VALID_ZIP)
+    for _ in range(data.draw(st.integers(1, 6), label="flips")):
+        i = data.draw(st.integers(0, len(blob) - 1), label="at")
+        blob[i] ^= data.draw(st.integers(1, 255), label="xor")
+    if data.draw(st.booleans(), label="truncate"):
+        blob = blob[: data.draw(st.integers(0, len(blob)), label="cut")]
+    try:
+        got = read_torch_checkpoint(write(tmp_path, bytes(blob)))
+    except mpt_ref.CheckpointError:
+        return
+    assert all(isinstance(v, np.ndarray) for v in got.values())
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_random_pickles_in_a_valid_archive(tmp_path, pkl):
+    try:
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+    except mpt_ref.CheckpointError:
+        pass
+
+
+PAYLOADS = {
+    "os.system": ("os", "system"),
+    "posix.system": ("posix", "system"),
+    "builtins.eval": ("builtins", "eval"),
+    "builtins.exec": ("builtins", "exec"),
+    "subprocess.Popen": ("subprocess", "Popen"),
+    "torch.load": ("torch", "load"),
+    "numpy frombuffer": ("numpy", "frombuffer"),
+    "torch._utils._rebuild_from_type_v2": ("torch._utils", "_rebuild_from_type_v2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAYLOADS))
+def test_pickles_calling_arbitrary_globals_are_refused_before_any_call(tmp_path, name):
+    module, attr = PAYLOADS[name]
+    sentinel = tmp_path / "pwned"
+    arg = f"open({str(sentinel)!r}, 'w').write('x')" if "eval" in attr or "exec" in attr else f"touch {sentinel}"
+    arg_bytes = arg.encode()
+    pkl = (b"\x80\x02c" + module.encode() + b"\n" + attr.encode() + b"\nX" + struct.pack("<I", len(arg_bytes))
+           + arg_bytes + b"\x85R.")
+    with pytest.raises(mpt_ref.CheckpointError, match=f"{module}.{attr}.*refused"):
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+    assert not sentinel.exists()
+
+
+def test_payload_inside_an_otherwise_valid_tensor_dict_is_refused(tmp_path):
+    sentinel = tmp_path / "pwned"
+    evil = b"cos\nsystem\nX" + struct.pack("<I", len(f"touch {sentinel}")) + f"touch {sentinel}".encode() + b"\x85R"
+    pkl = pickle_of_tensor_dict()[:-2] + b"X\x01\x00\x00\x00e" + evil + b"s."  # {..., "e": os.system(...)}
+    with pytest.raises(mpt_ref.CheckpointError, match="os.system"):
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize(
+    "archive, match",
+    [
+        (torch_zip(pickle_of_tensor_dict(), root="../evil"), "relative archive member"),
+        (torch_zip(pickle_of_tensor_dict(), extra={"/etc/passwd": b"x"}), "relative archive member"),
+        (torch_zip(pickle_of_tensor_dict(), extra={"other/data.pkl": b"x"}), "one top-level folder"),
+        (torch_zip(pickle_of_tensor_dict(), storages={}), "data/0"),
+        (torch_zip(pickle_of_tensor_dict(), storages={"0": b"\0" * 8}), "8 bytes"),
+        (torch_zip(pickle_of_tensor_dict().replace(b"K\x02K\x01\x86", b"K\x03K\x01\x86")), "reads past"),
+        (torch_zip(pickle_of_tensor_dict().replace(b"cpuK\x04", b"cpuK\x00")), "declares 16 bytes"),
+        (torch_zip(b"\x80\x02]q\x00."), "dict of str -> tensor"),
+    ],
+    ids=["dotdot-root", "absolute-member", "two-roots", "missing-storage", "short-storage", "stride-past-end",
+         "numel-lie", "not-a-dict"],
+)
+def test_structural_tricks_are_refused(tmp_path, archive, match):
+    with pytest.raises(mpt_ref.CheckpointError, match=match):
+        read_torch_checkpoint(write(tmp_path, archive))
+
+
+def test_zip_bomb_is_refused_without_inflating_it(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+        zf.writestr("archive/data/0", b"\0" * (64 << 20))  # 64 MiB of zeros, ~64 KiB compressed
+    path = write(tmp_path, buf.getvalue())
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(mpt_ref.CheckpointError, match="uncompressed bytes"):
+        read_torch_checkpoint(path, max_bytes=8 << 20)
+
