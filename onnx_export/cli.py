@@ -1,5 +1,6 @@
 """``mpt-ref export`` and ``mpt-ref parity``.
 
+    mpt-ref export PEFT_ADAPTER_DIR -o prompt.onnx [--full-encoder]    (or, without an adapter dir:)
     mpt-ref export -o prompt.onnx [--config adapter_config.json] [--checkpoint weights.safetensors]
                    [--kind mpt] [--seed 0] [--variant faithful|folded] [--dtype float32|float16]
                    [--providers cpu,cuda] [--batch 3] [--force]
@@ -89,6 +90,24 @@ def build_module(config_path: str | None, checkpoint: str | None, kind: str, see
     return module
 
 
+def module_from_args(args: argparse.Namespace) -> Any:
+    """From a PEFT adapter directory when one is given, else from --config/--checkpoint/--kind."""
+    if args.adapter:
+        if args.config or args.checkpoint:
+            raise InputError("ADAPTER_DIR: expected either an adapter directory or --config/--checkpoint, got both")
+        import warnings
+
+        from mpt_ref.adapter import load_peft_adapter
+
+        with warnings.catch_warnings():  # the P-tuning "table only" warning is restated below
+            warnings.simplefilter("ignore")
+            module = load_peft_adapter(args.adapter, full_encoder=args.full_encoder)
+        if isinstance(module, PromptEncoder) and module.inference_mode:
+            print("note: P-tuning adapter holds the encoder output only: exporting the prompt table lookup")
+        return module
+    return build_module(args.config, args.checkpoint, args.kind, args.seed)
+
+
 def _providers(text: str) -> list[str]:
     names = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in PROVIDERS]
@@ -98,6 +117,10 @@ def _providers(text: str) -> list[str]:
 
 
 def _module_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapter", nargs="?", metavar="ADAPTER_DIR",
+                   help="a PEFT adapter directory (adapter_config.json + adapter_model.safetensors/.bin)")
+    p.add_argument("--full-encoder", action="store_true",
+                   help="with ADAPTER_DIR, P-tuning: the full encoder from mpt_ref_encoder.safetensors")
     p.add_argument("--config", help="adapter_config.json (or its directory); default: the built-in --kind config")
     p.add_argument("--checkpoint", help="safetensors state dict under PEFT keys; default: seeded init")
     p.add_argument("--kind", choices=sorted(DEFAULT_CONFIGS), default="mpt", help="built-in config when no --config")
@@ -115,7 +138,7 @@ def _report(model: Any, module: Any, args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     providers = _providers(args.providers)  # refuse a bad list before writing anything
     del providers
-    module = build_module(args.config, args.checkpoint, args.kind, args.seed)
+    module = module_from_args(args)
     model = export(module, args.output, variant=args.variant, dtype=args.dtype, overwrite=args.force)
     print(f"wrote {args.output} ({model.ByteSize()} bytes): {type(module).__name__}, variant={args.variant}, "
           f"dtype={args.dtype}")
@@ -125,7 +148,7 @@ def _export(args: argparse.Namespace) -> int:
 def _parity(args: argparse.Namespace) -> int:
     if not Path(args.model).is_file():
         raise InputError(f"model: expected an existing .onnx file, got {args.model!r}")
-    module = build_module(args.config, args.checkpoint, args.kind, args.seed)
+    module = module_from_args(args)
     return _report(args.model, module, args)
 
 

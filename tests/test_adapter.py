@@ -124,3 +124,17 @@ def test_extra_keys_are_ignored_with_a_warning(tmp_path):
         warnings.simplefilter("error")
         module.save_pretrained(tmp_path, overwrite=True)
         mpt_ref.load_peft_adapter(tmp_path)
+
+
+def test_inspect_and_export_cli_on_an_adapter_dir(tmp_path, capsys):
+    import mpt_ref.cli
+
+    module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
+    module.save_pretrained(tmp_path / "ad")
+    assert mpt_ref.cli.main(["inspect", str(tmp_path / "ad")]) == 0
+    out = capsys.readouterr().out
+    assert "MultitaskPromptTuningConfig" in out and "prefix_task_rows" in out and "(3, 2, 4)" in out
+    assert "sha256" in out
+    assert mpt_ref.cli.main(["export", str(tmp_path / "ad"), "-o", str(tmp_path / "m.onnx")]) == 0
+    assert "verdict: PASS" in capsys.readouterr().out
+    assert mpt_ref.cli.main(["inspect", str(tmp_path / "missing")]) == 2
