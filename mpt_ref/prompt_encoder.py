@@ -221,10 +221,14 @@ class PromptEncoder(Module):
 
     # -- forward / backward -------------------------------------------------------------------------
 
-    def _run(self, ids: np.ndarray, dropout_masks: Any, *, draw: bool) -> tuple[Array, EncoderCache | EmbeddingCache]:
+    def _run(self, ids: np.ndarray, dropout_masks: Any, *, draw: bool) -> tuple[Array, Any]:
         scales = self._dropout_scales(dropout_masks, ids.shape, draw=draw)
         if self.inference_mode:
             return embedding_forward(self._params["embedding.weight"], ids)
+        if scales is None and ids.size:  # no per-row dropout: compute each distinct input once
+            from .encoder_dedup import dedup_forward
+
+            return dedup_forward(self._params, ids, encoder_type=self.encoder_type, num_layers=self.num_layers)
         return prompt_encoder_forward(
             self._params, ids, encoder_type=self.encoder_type, num_layers=self.num_layers, dropout_scales=scales
         )
@@ -241,6 +245,10 @@ class PromptEncoder(Module):
         _, cache = self._run(ids, dropout_masks, draw=False)
         if self.inference_mode:
             return {"embedding.weight": embedding_backward(dout, cache)}
+        if not isinstance(cache, EncoderCache):
+            from .encoder_dedup import dedup_backward
+
+            return dedup_backward(dout, cache)
         return prompt_encoder_backward(dout, cache)
 
     def prompt_table(self) -> Array:

@@ -116,15 +116,18 @@ def test_train_mode_backward_with_masks_matches_central_differences(case):
         assert rep.ok(tol.GRADCHECK_NONLINEAR_F64.rtol, tol.GRADCHECK_NONLINEAR_F64.atol), rep
 
 
-@given(encoder_cases())
-def test_class_equals_functional_core_and_returns_state_dict_keys(case):
+@given(encoder_cases(), st.booleans())
+def test_class_fast_path_equals_plain_functional_core(case, repeat_rows):
+    """Eval mode computes each distinct input once (encoder_dedup.py); it must equal the plain core."""
     module = module_for(case)
     idx = case.inputs["indices"]
+    if repeat_rows:  # PEFT's case: every row the same, so the LSTM runs once for the whole batch
+        idx = np.repeat(idx[:1], idx.shape[0], axis=0)
     out, cache = prompt_encoder_forward(case.params, idx, encoder_type=module.encoder_type, num_layers=module.num_layers)
-    np.testing.assert_array_equal(module.forward(idx), out)
+    assert_close("out", module.forward(idx), out, tol.REGROUPED_SUMS_F64)
     grads = module.backward(case.dout, idx)
     assert_same_keys_and_shapes("grads", grads, module.state_dict())
-    assert_grads_close("grads", grads, prompt_encoder_backward(case.dout, cache), tol.Tol(0, 0, "same code path"))
+    assert_grads_close("grads", grads, prompt_encoder_backward(case.dout, cache), tol.REGROUPED_SUMS_F64)
 
 
 @given(encoder_cases(), st.floats(-3, 3), st.data())
