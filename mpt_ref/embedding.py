@@ -26,13 +26,16 @@ def embedding_forward(weight: Array, indices: IntArray) -> tuple[Array, Embeddin
 def embedding_backward(dout: Array, cache: EmbeddingCache) -> Array:
     """Scatter-add: dweight[j] = sum of dout over the positions where indices == j. -> (T,D).
 
-    Sorted segment sums (argsort + reduceat) rather than np.add.at: the same sums, one pass.
+    The rows of dout are sorted by id once, then each id's contiguous block is summed: one pass over
+    dout, a loop over the distinct ids (at most T), none over the batch. (np.add.at and
+    np.add.reduceat(axis=0) compute the same sums several times slower.)
     """
     D = dout.shape[-1]
     flat = cache.indices.reshape(-1)  # B*T'
     dweight = np.zeros((cache.num_rows, D), dtype=dout.dtype)  # T,D
-    if flat.size:
-        order = np.argsort(flat, kind="stable")
-        rows, starts = np.unique(flat[order], return_index=True)
-        dweight[rows] = np.add.reduceat(dout.reshape(-1, D)[order], starts, axis=0)  # repeated ids add up
+    order = np.argsort(flat, kind="stable")
+    ids, starts = np.unique(flat[order], return_index=True)
+    rows = dout.reshape(-1, D)[order]  # B*T',D  grouped by id
+    for j, start, end in zip(ids, starts, np.append(starts[1:], flat.size)):
+        dweight[j] = rows[start:end].sum(axis=0)  # repeated ids add up
     return dweight

@@ -30,6 +30,19 @@ class MptCache(NamedTuple):
     rows: Array             # K,R,D
 
 
+def mpt_cache(params: Params, indices: IntArray, task_ids: IntArray) -> MptCache:
+    """What mpt_backward needs, without forming the (B,T,D) output (the classes' stateless backward
+    uses this instead of a second full forward)."""
+    cols, rows = params["prefix_task_cols"], params["prefix_task_rows"]
+    B = indices.shape[0]
+    shared = B > 0 and bool((indices == indices[:1]).all())
+    x, emb_cache = embedding_forward(params["embedding.weight"], indices[:1] if shared else indices)  # 1|B,T,D
+    tasks, inverse = np.unique(task_ids, return_inverse=True)  # U ; B_t
+    inverse = np.broadcast_to(inverse.reshape(-1), (B,))  # a length-1 task_ids applies to every row
+    task_prompts = cols[tasks] @ rows[tasks]  # U,T,D
+    return MptCache(x, emb_cache, tasks, inverse, task_prompts, cols, rows)
+
+
 def mpt_forward(params: Params, indices: IntArray, task_ids: IntArray) -> tuple[Array, MptCache]:
     """params {prefix_task_cols (K,T,R), prefix_task_rows (K,R,D), embedding.weight (T,D)},
     indices (B,T), task_ids (B,) or (1,) -> out (B,T,D), cache.
@@ -37,15 +50,10 @@ def mpt_forward(params: Params, indices: IntArray, task_ids: IntArray) -> tuple[
     When all rows of indices agree (PEFT always feeds arange(T)), E[indices] is gathered once and
     each task's prompt E ⊙ P_u is formed once, so the output costs one gather of U tables.
     """
-    cols, rows = params["prefix_task_cols"], params["prefix_task_rows"]
-    B = indices.shape[0]
-    shared = B > 0 and bool((indices == indices[:1]).all())
-    x, emb_cache = embedding_forward(params["embedding.weight"], indices[:1] if shared else indices)  # 1|B,T,D
-    tasks, inverse = np.unique(task_ids, return_inverse=True)  # U ; B_t
-    inverse = np.broadcast_to(inverse, (B,))  # a length-1 task_ids applies to every row
-    task_prompts = cols[tasks] @ rows[tasks]  # U,T,D
-    out = (x * task_prompts)[inverse] if shared else x * task_prompts[inverse]  # B,T,D
-    return out, MptCache(x, emb_cache, tasks, inverse, task_prompts, cols, rows)
+    cache = mpt_cache(params, indices, task_ids)
+    x, inverse, task_prompts = cache.x, cache.inverse, cache.task_prompts
+    out = (x * task_prompts)[inverse] if x.shape[0] == 1 else x * task_prompts[inverse]  # B,T,D
+    return out, cache
 
 
 def mpt_backward(dout: Array, cache: MptCache) -> Params:

@@ -11,7 +11,7 @@ from ._module import Module
 from ._types import Array, Params
 from .config import SOURCE_INITS, MultitaskPromptTuningConfig
 from .init import init_prompt_embedding, init_task_factors, load_source_checkpoint, source_init
-from .mpt import mpt_backward, mpt_forward
+from .mpt import mpt_backward, mpt_cache, mpt_forward
 from .prompt_embedding import resolve_config
 
 
@@ -59,8 +59,7 @@ class MultitaskPromptEmbedding(Module):
         """Gradient of sum(forward(indices, task_ids) * grad_output), keyed like ``state_dict()``."""
         ids, tasks = self._inputs(indices, task_ids)
         dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
-        _, cache = mpt_forward(self._params, ids, tasks)
-        return mpt_backward(dout, cache)
+        return mpt_backward(dout, mpt_cache(self._params, ids, tasks))
 
     def get_prompt(self, batch_size: int, task_ids: Any) -> Array:
         """What PEFT's ``get_prompt(batch_size, task_ids)`` returns: forward(arange(T) per row)."""
