@@ -61,6 +61,13 @@ class MultitaskPromptEmbedding(Module):
         dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
         return mpt_backward(dout, mpt_cache(self._params, ids, tasks))
 
+    def forward_backward(self, grad_output: Any, indices: Any, task_ids: Any) -> tuple[Array, Params]:
+        """(forward(indices, task_ids), backward(grad_output, ...)) from a single forward pass."""
+        ids, tasks = self._inputs(indices, task_ids)
+        dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
+        out, cache = mpt_forward(self._params, ids, tasks)
+        return out, mpt_backward(dout, cache)
+
     def get_prompt(self, batch_size: int, task_ids: Any) -> Array:
         """What PEFT's ``get_prompt(batch_size, task_ids)`` returns: forward(arange(T) per row)."""
         B = _checks.positive_int("batch_size", batch_size, minimum=0)

@@ -71,6 +71,13 @@ class PromptEmbedding(Module):
         _, cache = embedding_forward(self._params["embedding.weight"], ids)
         return {"embedding.weight": embedding_backward(dout, cache)}
 
+    def forward_backward(self, grad_output: Any, indices: Any) -> tuple[Array, Params]:
+        """(forward(indices), backward(grad_output, indices)) from a single forward pass."""
+        ids = self._indices(indices)
+        dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
+        out, cache = embedding_forward(self._params["embedding.weight"], ids)
+        return out, {"embedding.weight": embedding_backward(dout, cache)}
+
     def get_prompt(self, batch_size: int) -> Array:
         """What PEFT's ``get_prompt`` returns: forward(arange(T)) repeated over the batch (B, T, D)."""
         B = _checks.positive_int("batch_size", batch_size, minimum=0)

@@ -240,16 +240,22 @@ class PromptEncoder(Module):
 
     def backward(self, grad_output: Any, indices: Any, *, dropout_masks: Sequence[Any] | None = None) -> Params:
         """Gradient of sum(forward(indices, dropout_masks=...) * grad_output), keyed like ``state_dict()``."""
+        return self.forward_backward(grad_output, indices, dropout_masks=dropout_masks)[1]
+
+    def forward_backward(self, grad_output: Any, indices: Any, *,
+                         dropout_masks: Sequence[Any] | None = None) -> tuple[Array, Params]:
+        """(forward, backward) from a single forward pass; in train mode with dropout the masks must be
+        given (the same ones a separate forward would have used)."""
         ids = _checks.indices(indices, self.total_virtual_tokens)
         dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
-        _, cache = self._run(ids, dropout_masks, draw=False)
+        out, cache = self._run(ids, dropout_masks, draw=False)
         if self.inference_mode:
-            return {"embedding.weight": embedding_backward(dout, cache)}
+            return out, {"embedding.weight": embedding_backward(dout, cache)}
         if not isinstance(cache, EncoderCache):
             from .encoder_dedup import dedup_backward
 
-            return dedup_backward(dout, cache)
-        return prompt_encoder_backward(dout, cache)
+            return out, dedup_backward(dout, cache)
+        return out, prompt_encoder_backward(dout, cache)
 
     def prompt_table(self) -> Array:
         """(T, D): the eval-mode output for arange(T), i.e. what PEFT saves as ``prompt_embeddings``

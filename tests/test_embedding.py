@@ -93,3 +93,11 @@ def test_hand_worked_example_matches_spec():
     np.testing.assert_array_equal(module.forward(indices), [[[3.0, 4.0], [3.0, 4.0], [1.0, 2.0]]])
     grads = module.backward(np.array([[[1.0, 0.0], [2.0, 1.0], [0.0, 5.0]]]), indices)
     np.testing.assert_array_equal(grads["embedding.weight"], [[0.0, 5.0], [3.0, 1.0]])
+
+
+@given(hs.prompt_embedding_cases())
+def test_forward_backward_equals_forward_then_backward(case):
+    module = module_for(case)
+    out, grads = module.forward_backward(case.dout, case.inputs["indices"])
+    np.testing.assert_array_equal(out, module.forward(case.inputs["indices"]))
+    np.testing.assert_array_equal(grads["embedding.weight"], module.backward(case.dout, case.inputs["indices"])["embedding.weight"])

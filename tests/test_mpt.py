@@ -261,3 +261,12 @@ def test_bad_state_dict_raises_and_changes_nothing(state, match):
         module.load_state_dict(state)
     for k, v in module.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+
+
+@given(hs.mpt_cases())
+def test_forward_backward_equals_forward_then_backward(case):
+    module = module_for(case)
+    out, grads = module.forward_backward(case.dout, **case.inputs)
+    np.testing.assert_array_equal(out, module.forward(**case.inputs))
+    for k, g in module.backward(case.dout, **case.inputs).items():
+        np.testing.assert_array_equal(grads[k], g)

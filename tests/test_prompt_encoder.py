@@ -471,3 +471,13 @@ def test_empty_batch_and_state_dict_round_trip():
     fresh = mpt_ref.PromptEncoder(LSTM_DROPOUT, seed=1, dtype=np.float64).eval()
     assert fresh.load_state_dict(module.state_dict()) == ([], [])
     np.testing.assert_array_equal(fresh.prompt_table(), module.prompt_table())
+
+
+@given(encoder_cases())
+def test_forward_backward_equals_forward_then_backward(case):
+    module = module_for(case)
+    idx = case.inputs["indices"]
+    out, grads = module.forward_backward(case.dout, idx)
+    np.testing.assert_array_equal(out, module.forward(idx))
+    for k, g in module.backward(case.dout, idx).items():
+        np.testing.assert_array_equal(grads[k], g)
