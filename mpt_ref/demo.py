@@ -1,59 +1,82 @@
-"""``mpt-ref demo``: build the embedded default MPT model, run forward and backward, and check every
-parameter gradient against float64 central differences, then export it to ONNX and check it in
-onnxruntime. Exit status 1 if any check fails."""
+"""``mpt-ref demo``: build the embedded default MPT model and both P-tuning encoders (MLP, LSTM), run
+forward and backward, check every parameter gradient against float64 central differences, then export
+each to ONNX and check it in onnxruntime. Exit status 1 if any check fails."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 
-from .config import MultitaskPromptTuningConfig
+from .config import MultitaskPromptTuningConfig, PromptEncoderConfig
 from .gradcheck import gradcheck
-from .mpt import mpt_backward, mpt_forward
 from .multitask import MultitaskPromptEmbedding
-from .tolerances import GRADCHECK_F64
+from .prompt_encoder import PromptEncoder
+from .tolerances import GRADCHECK_F64, GRADCHECK_NONLINEAR_F64, Tol
 
 DEFAULT_CONFIG = dict(task_type="CAUSAL_LM", num_virtual_tokens=10, token_dim=32, num_tasks=3, num_ranks=2)
 DEFAULT_TASK_IDS = (2, 0, 1, 0)  # repeated and unsorted, so the per-task gradient sums are exercised
+ENCODER_CONFIG = dict(task_type="CAUSAL_LM", num_virtual_tokens=6, token_dim=8, encoder_hidden_size=5)
+ENCODER_SAMPLES = 40  # entries per parameter checked by central differences for the encoders
+
+
+def check_gradients(label: str, module: Any, inputs: dict[str, np.ndarray], tol: Tol, seed: int,
+                    max_entries: int | None = None) -> bool:
+    """Forward + backward of ``module`` (float64), then every parameter vs central differences."""
+    t0 = time.perf_counter()
+    out = module.forward(**inputs)
+    dout = np.random.default_rng(seed + 1).standard_normal(out.shape)
+    grads = module.backward(dout, **inputs)
+    print(f"{label}: forward {out.shape} + backward in {1e3 * (time.perf_counter() - t0):.2f} ms; "
+          f"|out| max {np.abs(out).max():.3e}")
+    original = module.state_dict()
+
+    def forward(p: dict) -> np.ndarray:
+        module.load_state_dict(p)
+        return module.forward(**inputs)
+
+    def backward(d: np.ndarray, p: dict) -> dict:
+        module.load_state_dict(p)
+        return module.backward(d, **inputs)
+
+    try:
+        reports = gradcheck(forward, backward, original, dout, max_entries=max_entries)
+    finally:
+        module.load_state_dict(original)
+    ok = True
+    print(f"  {'parameter':<32} {'shape':<14} {'entries':>7} {'max|grad|':>10} {'max abs err':>12}  verdict")
+    for rep in reports:
+        good = rep.ok(tol.rtol, tol.atol)
+        ok &= good
+        print(f"  {rep.key:<32} {str(grads[rep.key].shape):<14} {rep.checked:>7} {rep.max_abs_grad:>10.3e} "
+              f"{rep.max_abs_err:>12.3e}  {'OK' if good else 'FAIL'}")
+    print(f"  gradient check vs central differences (rtol {tol.rtol:g}, atol {tol.atol:g}): {'PASS' if ok else 'FAIL'}")
+    return ok
 
 
 def run_demo(seed: int = 0) -> bool:
-    config = MultitaskPromptTuningConfig(**DEFAULT_CONFIG)
-    model = MultitaskPromptEmbedding(config, seed=seed, dtype=np.float64)
-    T, D = model.total_virtual_tokens, model.token_dim
-    task_ids = np.array(DEFAULT_TASK_IDS)
-    indices = np.tile(np.arange(T), (task_ids.size, 1))  # what PEFT's get_prompt feeds
-    print(f"mpt-ref demo: MultitaskPromptEmbedding T={T} D={D} K={config.num_tasks} R={config.num_ranks}, "
-          f"B={task_ids.size}, task_ids={task_ids.tolist()}, float64, seed={seed}")
-
-    t0 = time.perf_counter()
-    out = model.forward(indices, task_ids)
-    dout = np.random.default_rng(seed + 1).standard_normal(out.shape)
-    grads = model.backward(dout, indices, task_ids)
-    print(f"forward {out.shape} + backward in {1e3 * (time.perf_counter() - t0):.2f} ms; "
-          f"|out| max {np.abs(out).max():.3e}")
-
-    def forward(p):
-        return mpt_forward(p, indices, task_ids)[0]
-
-    def backward(d, p):
-        return mpt_backward(d, mpt_forward(p, indices, task_ids)[1])
-
-    functional = backward(dout, model.state_dict())
-    ok = all(np.array_equal(grads[k], functional[k]) for k in grads)  # the class is a thin wrapper
-    print(f"{'parameter':<20} {'shape':<14} {'entries':>7} {'max|grad|':>10} {'max abs err':>12}  verdict")
-    for rep in gradcheck(forward, backward, model.state_dict(), dout):
-        good = rep.ok(GRADCHECK_F64.rtol, GRADCHECK_F64.atol)
-        ok &= good
-        print(f"{rep.key:<20} {str(grads[rep.key].shape):<14} {rep.checked:>7} {rep.max_abs_grad:>10.3e} "
-              f"{rep.max_abs_err:>12.3e}  {'OK' if good else 'FAIL'}")
-    print(f"gradient check vs central differences (rtol {GRADCHECK_F64.rtol:g}, atol {GRADCHECK_F64.atol:g}): "
-          f"{'PASS' if ok else 'FAIL'}")
     from onnx_export.demo import export_and_check  # ONNX export + onnxruntime parity (spec/onnx.md)
 
-    ok &= export_and_check(model, seed=seed)
+    config = MultitaskPromptTuningConfig(**DEFAULT_CONFIG)
+    mpt = MultitaskPromptEmbedding(config, seed=seed, dtype=np.float64)
+    task_ids = np.array(DEFAULT_TASK_IDS)
+    indices = np.tile(np.arange(mpt.total_virtual_tokens), (task_ids.size, 1))  # what PEFT's get_prompt feeds
+    print(f"mpt-ref demo (float64, seed={seed})")
+    ok = check_gradients(f"MultitaskPromptEmbedding T={mpt.total_virtual_tokens} D={mpt.token_dim} "
+                         f"K={config.num_tasks} R={config.num_ranks}, task_ids={task_ids.tolist()}",
+                         mpt, {"indices": indices, "task_ids": task_ids}, GRADCHECK_F64, seed)
+    ok &= export_and_check(mpt, seed=seed)
+    for kind, extra in (("MLP", {}), ("LSTM", {"encoder_num_layers": 2})):
+        cfg = PromptEncoderConfig(**ENCODER_CONFIG, encoder_reparameterization_type=kind, **extra)
+        encoder = PromptEncoder(cfg, seed=seed, dtype=np.float64).eval()
+        rows = np.random.default_rng(seed).integers(0, encoder.total_virtual_tokens, (2, encoder.total_virtual_tokens))
+        ok &= check_gradients(f"PromptEncoder {kind} T={encoder.total_virtual_tokens} D={encoder.token_dim} "
+                              f"H={encoder.hidden_size} L={encoder.num_layers}", encoder, {"indices": rows},
+                              GRADCHECK_NONLINEAR_F64, seed, max_entries=ENCODER_SAMPLES)
+        ok &= export_and_check(encoder, seed=seed)
+    print(f"mpt-ref demo: {'PASS' if ok else 'FAIL'}")
     return ok
 
 
@@ -62,6 +85,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="forward, backward and gradient check of the default MPT model")
+    p = sub.add_parser("demo", help="forward, backward, gradient check and ONNX parity of the default MPT "
+                                     "model and both P-tuning encoders")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_main)
