@@ -29,7 +29,8 @@ from mpt_ref.config import (
     TaskType,
     load_config,
 )
-from mpt_ref.errors import CheckpointError, InputError
+from mpt_ref.checkpoint import read_tensors
+from mpt_ref.errors import InputError
 from mpt_ref.multitask import MultitaskPromptEmbedding
 from mpt_ref.prompt_embedding import PromptEmbedding
 from mpt_ref.prompt_encoder import PromptEncoder
@@ -53,18 +54,9 @@ ADAPTER_TABLE_KEY = "prompt_embeddings"  # PEFT's adapter-file name for embeddin
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A safetensors file -> {key: ndarray}."""
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"--checkpoint: expected a .safetensors file, got {path.name!r}")
-    try:
-        from safetensors.numpy import load_file
-
-        tensors = load_file(str(path))
-    except FileNotFoundError as exc:
-        raise CheckpointError(f"--checkpoint: expected an existing file, got missing path {path}") from exc
-    except Exception as exc:  # safetensors raises its own errors on malformed files
-        raise CheckpointError(f"{path}: expected a readable safetensors file, got {exc}") from exc
+    """A checkpoint (.safetensors, or a torch .bin read without torch) -> {key: ndarray}; a PEFT
+    adapter's ``prompt_embeddings`` is read as ``embedding.weight``."""
+    tensors = read_tensors(path)
     if ADAPTER_TABLE_KEY in tensors and "embedding.weight" not in tensors:
         tensors["embedding.weight"] = tensors.pop(ADAPTER_TABLE_KEY)
     return tensors
@@ -122,7 +114,7 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-encoder", action="store_true",
                    help="with ADAPTER_DIR, P-tuning: the full encoder from mpt_ref_encoder.safetensors")
     p.add_argument("--config", help="adapter_config.json (or its directory); default: the built-in --kind config")
-    p.add_argument("--checkpoint", help="safetensors state dict under PEFT keys; default: seeded init")
+    p.add_argument("--checkpoint", help="state dict under PEFT keys (.safetensors, or a torch .bin read without torch); default: seeded init")
     p.add_argument("--kind", choices=sorted(DEFAULT_CONFIGS), default="mpt", help="built-in config when no --config")
     p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
