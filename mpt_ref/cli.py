@@ -10,7 +10,7 @@ import sys
 from .errors import MptRefError
 
 # module paths, each with register(subparsers) adding one or more subcommands with set_defaults(func=...)
-COMMANDS = ("mpt_ref.demo", "mpt_ref.conformance.cli", "onnx_export.cli", "mpt_ref.inspect_cli", "mpt_ref.bench.cli")
+COMMANDS = ("mpt_ref.demo", "mpt_ref.conformance.cli", "onnx_export.cli", "mpt_ref.inspect_cli", "mpt_ref.bench.cli", "mpt_ref.train.demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
