@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, IndexRangeError, InputError, InputTypeError
+from mpt_ref.errors import ConfigError, IndexRangeError, InputError, InputTypeError
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

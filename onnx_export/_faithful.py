@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _layout
-from ._graph import GraphBuilder
-from ._guards import nan_padded, redirect, task_rows, valid_ids
-from ._spec import ModuleSpec
+from onnx_export import _layout
+from onnx_export._graph import GraphBuilder
+from onnx_export._guards import nan_padded, redirect, task_rows, valid_ids
+from onnx_export._spec import ModuleSpec
 
 
 def lookup(g: GraphBuilder, table: str, rows: int, row_shape: tuple[int, ...], indices: str, hint: str) -> str:

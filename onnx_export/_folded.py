@@ -12,11 +12,17 @@ indices (arange(T)) and rounded once to the export dtype; the graph is one Gathe
 
 from __future__ import annotations
 
-from ._faithful import lookup
-from ._graph import GraphBuilder
-from ._guards import nan_padded, redirect, rows_are_arange, task_rows, valid_ids
-from ._spec import ModuleSpec
-from .reference import prompt_table
+from onnx_export._faithful import lookup
+from onnx_export._graph import GraphBuilder
+from onnx_export._guards import (
+    nan_padded,
+    redirect,
+    rows_are_arange,
+    task_rows,
+    valid_ids,
+)
+from onnx_export._spec import ModuleSpec
+from onnx_export.reference import prompt_table
 
 
 def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:

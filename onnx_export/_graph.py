@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .opset import IR_VERSION, OPSET
+from onnx_export.opset import IR_VERSION, OPSET
 
 
 class GraphBuilder:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._graph import GraphBuilder
+from onnx_export._graph import GraphBuilder
 
 
 def valid_ids(g: GraphBuilder, ids: str, upper: int, hint: str) -> str:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from mpt_ref.errors import InputError
-from mpt_ref.multitask import MultitaskPromptEmbedding
-from mpt_ref.prompt_embedding import PromptEmbedding
-from mpt_ref.prompt_encoder import PromptEncoder
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from mpt_ref.modules.prompt_embedding import PromptEmbedding
+from mpt_ref.modules.prompt_encoder import PromptEncoder
 
 KINDS = ("embedding", "mpt", "mlp", "lstm")
 

@@ -13,15 +13,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from mpt_ref import SPEC_VERSION, __version__
-from mpt_ref._io import atomic_write_bytes
+from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import InputError
-
-from . import _faithful, _folded
-from ._graph import GraphBuilder, int64_input
-from ._spec import ModuleSpec, module_spec
-from .opset import OPSET
-from .reference import VARIANTS
+from mpt_ref.io.atomic import atomic_write_bytes
+from onnx_export import _faithful, _folded
+from onnx_export._graph import GraphBuilder, int64_input
+from onnx_export._spec import ModuleSpec, module_spec
+from onnx_export.opset import OPSET
+from onnx_export.reference import VARIANTS
 
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 INPUT_INDICES, INPUT_TASK_IDS, OUTPUT = "indices", "task_ids", "prompt_embeddings"

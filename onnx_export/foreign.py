@@ -19,14 +19,13 @@ import onnx
 from onnx import numpy_helper
 
 from mpt_ref.errors import CheckpointError, InputError
-from mpt_ref.multitask import MultitaskPromptEmbedding
-
-from ._spec import module_spec
-from .cli import build_module
-from .exporter import metadata
-from .parity import Comparison, ParityReport, compare, tolerance
-from .reference import expected_output
-from .runtimes import Runner
+from mpt_ref.interop.build import build_module
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from onnx_export._spec import module_spec
+from onnx_export.exporter import metadata
+from onnx_export.parity import Comparison, ParityReport, compare, tolerance
+from onnx_export.reference import expected_output
+from onnx_export.runtimes import Runner
 
 _ONNX_FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 

@@ -25,14 +25,13 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from mpt_ref.errors import InputError
 from mpt_ref import tolerances
+from mpt_ref.errors import InputError
 from mpt_ref.tolerances import Tol
-
-from ._spec import ModuleSpec, module_spec
-from .exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata, tokens_dim
-from .reference import expected_output
-from .runtimes import Runner, check_provider
+from onnx_export._spec import ModuleSpec, module_spec
+from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata, tokens_dim
+from onnx_export.reference import expected_output
+from onnx_export.runtimes import Runner, check_provider
 
 
 def ordered_bits(x: np.ndarray) -> np.ndarray:

@@ -19,13 +19,12 @@ from typing import Any
 import numpy as np
 
 from mpt_ref import _checks
-from mpt_ref.config import PromptEncoderReparameterizationType as EncoderType
-from mpt_ref.embedding import embedding_forward
+from mpt_ref.core.embedding import embedding_forward
+from mpt_ref.core.encoder import prompt_encoder_forward
+from mpt_ref.core.mpt import mpt_forward
 from mpt_ref.errors import InputError
-from mpt_ref.mpt import mpt_forward
-from mpt_ref.prompt_encoder import prompt_encoder_forward
-
-from ._spec import ModuleSpec
+from mpt_ref.modules.config import PromptEncoderReparameterizationType as EncoderType
+from onnx_export._spec import ModuleSpec
 
 VARIANTS = ("faithful", "folded")
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import mpt_ref
-from mpt_ref.adapter import ENCODER_NAME, WEIGHTS_NAME
-from mpt_ref.checkpoint import read_safetensors, write_safetensors
+from mpt_ref.io.adapter_files import ENCODER_NAME, WEIGHTS_NAME
+from mpt_ref.io.checkpoint import read_safetensors, write_safetensors
 
 MPT = mpt_ref.MultitaskPromptTuningConfig(num_virtual_tokens=3, token_dim=4, num_tasks=3, num_ranks=2,
                                           task_type="CAUSAL_LM")

@@ -7,13 +7,14 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from safetensors.numpy import save
 
 import mpt_ref
-from mpt_ref.checkpoint import parse_safetensors, read_tensors, write_safetensors
-from mpt_ref.torch_pickle import read_torch_checkpoint
+from mpt_ref.io.checkpoint import parse_safetensors, read_tensors, write_safetensors
+from mpt_ref.io.torch_pickle import read_torch_checkpoint
 
 DTYPES = [np.float32, np.float64, np.float16, np.int64, np.int32, np.uint8, np.bool_]
 

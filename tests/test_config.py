@@ -6,10 +6,11 @@ import json
 import warnings
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import mpt_ref
-from mpt_ref.config import PromptEncoderConfig
+from mpt_ref.modules.config import PromptEncoderConfig
 from mpt_ref.testing import strategies as hs
 
 # PEFT's on-disk key sets (shared/notes/peft-semantics.md §4.3, observed from real saves).

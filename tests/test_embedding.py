@@ -8,8 +8,8 @@ from hypothesis import given
 
 import mpt_ref
 from mpt_ref import tolerances as tol
-from mpt_ref.embedding import embedding_backward, embedding_forward
-from mpt_ref.gradcheck import gradcheck
+from mpt_ref.core.embedding import embedding_backward, embedding_forward
+from mpt_ref.core.gradcheck import gradcheck
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.assertions import assert_close, assert_same_keys_and_shapes
 

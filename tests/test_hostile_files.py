@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.numpy import save
 
 import mpt_ref
-from mpt_ref.checkpoint import parse_safetensors
-from mpt_ref.torch_pickle import read_torch_checkpoint
+from mpt_ref.io.checkpoint import parse_safetensors
+from mpt_ref.io.torch_pickle import read_torch_checkpoint
 
 VALID_ST = save({"prompt_embeddings": np.arange(12, dtype=np.float32).reshape(3, 4),
                  "prefix_task_cols": np.ones((2, 3, 1), np.float32)}, metadata={"format": "pt"})

@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import mpt_ref
-from mpt_ref.init import cycle_ids
+from mpt_ref.modules.init import cycle_ids
 
 T, D, R = 4, 3, 2
 

@@ -7,14 +7,27 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import assume, given
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mpt_ref import tolerances as tol
-from mpt_ref.activations import relu, relu_backward, sigmoid, sigmoid_backward, tanh, tanh_backward
-from mpt_ref.gradcheck import gradcheck, numeric_gradients
-from mpt_ref.linear import init_linear, linear_backward, linear_forward
-from mpt_ref.mlp_head import head_keys, init_mlp_head, mlp_head_backward, mlp_head_forward
+from mpt_ref.core.activations import (
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    tanh,
+    tanh_backward,
+)
+from mpt_ref.core.gradcheck import gradcheck, numeric_gradients
+from mpt_ref.core.linear import init_linear, linear_backward, linear_forward
+from mpt_ref.core.mlp_head import (
+    head_keys,
+    init_mlp_head,
+    mlp_head_backward,
+    mlp_head_forward,
+)
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.assertions import assert_close, assert_grads_close
 

@@ -4,12 +4,18 @@ layer and direction, metamorphic properties, dropout masks, init, and the spec's
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import example, given, note, settings, strategies as st
+from hypothesis import example, given, note, settings
+from hypothesis import strategies as st
 
 from mpt_ref import tolerances as tol
-from mpt_ref.gradcheck import gradcheck
-from mpt_ref.lstm import lstm_backward, lstm_forward
-from mpt_ref.lstm_stack import init_lstm_stack, lstm_keys, lstm_stack_backward, lstm_stack_forward
+from mpt_ref.core.gradcheck import gradcheck
+from mpt_ref.core.lstm import lstm_backward, lstm_forward
+from mpt_ref.core.lstm_stack import (
+    init_lstm_stack,
+    lstm_keys,
+    lstm_stack_backward,
+    lstm_stack_forward,
+)
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.assertions import assert_close, assert_grads_close
 

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import example, given, note, strategies as st
+from hypothesis import example, given, note
+from hypothesis import strategies as st
 
 import mpt_ref
 from mpt_ref import tolerances as tol
-from mpt_ref.gradcheck import gradcheck
-from mpt_ref.mpt import mpt_backward, mpt_forward
+from mpt_ref.core.gradcheck import gradcheck
+from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.testing import strategies as hs
-from mpt_ref.testing.assertions import assert_close, assert_grads_close, assert_same_keys_and_shapes
+from mpt_ref.testing.assertions import (
+    assert_close,
+    assert_grads_close,
+    assert_same_keys_and_shapes,
+)
 
 
 def module_for(case, dtype=np.float64) -> mpt_ref.MultitaskPromptEmbedding:

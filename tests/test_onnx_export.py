@@ -14,10 +14,10 @@ from onnx import helper, numpy_helper
 import mpt_ref
 from mpt_ref import tolerances as tol
 from mpt_ref.cli import main as cli_main
+from mpt_ref.cli.demo import export_and_check
 from mpt_ref.errors import InputError, OutputExistsError
 from mpt_ref.testing.assertions import assert_close
 from onnx_export import IR_VERSION, OPSET, _layout, export, metadata
-from onnx_export.demo import export_and_check
 from onnx_export.runtimes import run_model
 
 KINDS = ("embedding", "mpt", "mlp", "lstm")

@@ -7,11 +7,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from mpt_ref import tolerances as tol
-from mpt_ref.lstm_stack import lstm_stack_forward
+from mpt_ref.core.lstm_stack import lstm_stack_forward
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.assertions import assert_close
 from onnx_export import _layout

@@ -11,11 +11,12 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, note, settings, strategies as st
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
 
 import mpt_ref
 from mpt_ref.testing import strategies as hs
-from onnx_export import export, expected_output
+from onnx_export import expected_output, export
 from onnx_export._spec import module_spec
 from onnx_export.parity import check_parity, compare, tolerance, ulp_distance
 from onnx_export.runtimes import Runner, available_providers

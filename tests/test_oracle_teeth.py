@@ -12,7 +12,7 @@ import pytest
 import mpt_ref
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.cases import CASES
-from mpt_ref.mpt import mpt_backward, mpt_forward
+from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.testing.conformance import assert_conforms
 
 EXAMPLES = 40  # enough for hypothesis to find every planted bug below; each is found in < 10 examples

@@ -14,7 +14,8 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, note, settings, strategies as st
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
 
 import mpt_ref
 from mpt_ref import tolerances as tol

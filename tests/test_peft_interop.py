@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import mpt_ref
-from mpt_ref.checkpoint import read_tensors
-from mpt_ref.tolerances import PEFT_F32
+from mpt_ref.io.checkpoint import read_tensors
 from mpt_ref.testing.assertions import assert_close
+from mpt_ref.tolerances import PEFT_F32
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")

@@ -20,7 +20,9 @@ from mpt_ref.testing.assertions import assert_close, assert_grads_close
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
-from peft.tuners.multitask_prompt_tuning.model import MultitaskPromptEmbedding as PeftMPT  # noqa: E402
+from peft.tuners.multitask_prompt_tuning.model import (
+    MultitaskPromptEmbedding as PeftMPT,  # noqa: E402
+)
 from peft.tuners.prompt_tuning.model import PromptEmbedding as PeftPT  # noqa: E402
 
 pytestmark = pytest.mark.peft

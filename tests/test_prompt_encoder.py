@@ -9,16 +9,21 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, note, settings, strategies as st
+from hypothesis import assume, given, note, settings
+from hypothesis import strategies as st
 
 import mpt_ref
 from mpt_ref import tolerances as tol
-from mpt_ref.config import PromptEncoderReparameterizationType as EncoderType
-from mpt_ref.gradcheck import gradcheck
-from mpt_ref.lstm_stack import lstm_stack_forward
-from mpt_ref.prompt_encoder import prompt_encoder_backward, prompt_encoder_forward
+from mpt_ref.core.encoder import prompt_encoder_backward, prompt_encoder_forward
+from mpt_ref.core.gradcheck import gradcheck
+from mpt_ref.core.lstm_stack import lstm_stack_forward
+from mpt_ref.modules.config import PromptEncoderReparameterizationType as EncoderType
 from mpt_ref.testing import strategies as hs
-from mpt_ref.testing.assertions import assert_close, assert_grads_close, assert_same_keys_and_shapes
+from mpt_ref.testing.assertions import (
+    assert_close,
+    assert_grads_close,
+    assert_same_keys_and_shapes,
+)
 
 MLP_WARNING = "for MLP, the argument `encoder_num_layers` is ignored. Exactly 2 MLP layers are used."
 KINK_MARGIN = 1e-4  # ReLU inputs closer than this to 0 make central differences (h=1e-6) meaningless

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import mpt_ref.cli
 from mpt_ref import tolerances as tol
-from mpt_ref.gradcheck import numeric_gradients
+from mpt_ref.core.gradcheck import numeric_gradients
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.assertions import assert_close
 from mpt_ref.train.base_model import BaseModel, base_backward, base_forward

@@ -20,11 +20,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import __version__
-from ..config import MultitaskPromptTuningConfig, PromptEncoderConfig
-from ..multitask import MultitaskPromptEmbedding
-from ..prompt_encoder import PromptEncoder
-from .peers import Peer, numpy_peers, ort_peers, torch_peers
+from mpt_ref._version import __version__
+from mpt_ref.bench.peers import Peer, numpy_peers, ort_peers, torch_peers
+from mpt_ref.modules.config import MultitaskPromptTuningConfig, PromptEncoderConfig
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from mpt_ref.modules.prompt_encoder import PromptEncoder
 
 
 @dataclasses.dataclass(frozen=True)

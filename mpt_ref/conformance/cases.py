@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from ..config import config_from_dict
-from ..multitask import MultitaskPromptEmbedding
-from ..prompt_embedding import PromptEmbedding
-from ..prompt_encoder import PromptEncoder
+from mpt_ref.modules.config import config_from_dict
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from mpt_ref.modules.prompt_embedding import PromptEmbedding
+from mpt_ref.modules.prompt_encoder import PromptEncoder
 
 MODULES = {
     "prompt_embedding": PromptEmbedding,

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import errors
-from ..config import config_from_dict
-from .cases import MODULES
+from mpt_ref import errors
+from mpt_ref.conformance.cases import MODULES
+from mpt_ref.modules.config import config_from_dict
 
 _MPT = {"peft_type": "MULTITASK_PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 3, "num_tasks": 2}
 _PT = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 3}

@@ -32,12 +32,12 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 from safetensors.numpy import load, save
 
-from .. import SPEC_VERSION
-from .._io import atomic_write_bytes
-from ..errors import CheckpointError, OutputExistsError
-from ..tolerances import VECTORS, Tol
-from .cases import CASES, CaseSpec, run_reference, source_tensors
-from .errors import ERROR_CASES
+from mpt_ref._version import SPEC_VERSION
+from mpt_ref.conformance.cases import CASES, CaseSpec, run_reference, source_tensors
+from mpt_ref.conformance.errors import ERROR_CASES
+from mpt_ref.errors import CheckpointError, OutputExistsError
+from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.tolerances import VECTORS, Tol
 
 FORMAT = "mpt-ref-vectors/1"
 README = f"""# mpt-ref conformance vectors ({FORMAT})
@@ -79,7 +79,7 @@ def onnx_backend_files(spec: CaseSpec, ref: dict) -> dict[str, bytes]:
     from onnx import numpy_helper
 
     import onnx_export
-    from .cases import build_module
+    from mpt_ref.conformance.cases import build_module
 
     model = onnx_export.export(build_module(spec), variant="faithful", dtype="float32")
     inputs = [("indices", ref["inputs"]["indices"])]

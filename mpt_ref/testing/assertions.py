@@ -6,7 +6,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..tolerances import Tol
+from mpt_ref.tolerances import Tol
 
 __tracebackhide__ = True
 

@@ -19,12 +19,12 @@ from typing import Any, Callable
 import numpy as np
 from hypothesis import Phase, given, note, settings
 
-from ..multitask import MultitaskPromptEmbedding
-from ..prompt_embedding import PromptEmbedding
-from ..prompt_encoder import PromptEncoder
-from ..tolerances import VECTORS, Tol
-from . import strategies as hs
-from .assertions import assert_close
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from mpt_ref.modules.prompt_embedding import PromptEmbedding
+from mpt_ref.modules.prompt_encoder import PromptEncoder
+from mpt_ref.testing import strategies as hs
+from mpt_ref.testing.assertions import assert_close
+from mpt_ref.tolerances import VECTORS, Tol
 
 Forward = Callable[..., np.ndarray]               # (params, **inputs) -> output (B, T, D)
 Backward = Callable[..., dict[str, np.ndarray]]   # (params, grad_output, **inputs) -> grads

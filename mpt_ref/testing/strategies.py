@@ -13,7 +13,11 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ..config import MultitaskPromptTuningConfig, PromptTuningConfig, TaskType
+from mpt_ref.modules.config import (
+    MultitaskPromptTuningConfig,
+    PromptTuningConfig,
+    TaskType,
+)
 
 # |values| <= 4 keeps products of three factors far from overflow in float32 and keeps finite-difference
 # rounding (~eps*|L|/h) well below the gradcheck tolerance; the math is polynomial, so no other bound.
@@ -117,7 +121,10 @@ def mpt_cases(draw: st.DrawFn, dtype: Any = np.float64, max_batch: int = 5) -> C
 # Parameter shapes are written out here from spec/mlp.md and spec/lstm.md, independently of the code.
 # ================================================================================================
 
-from ..config import PromptEncoderConfig, PromptEncoderReparameterizationType  # noqa: E402
+from mpt_ref.modules.config import (  # noqa: E402
+    PromptEncoderConfig,
+    PromptEncoderReparameterizationType,
+)
 
 # Weights and inputs within ±2 keep sigmoid/tanh away from full saturation, so the gradients that
 # gradcheck and PEFT compare carry information; the math itself needs no bound.

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._types import Array
+from mpt_ref._types import Array
 
 
 class BaseModel(NamedTuple):

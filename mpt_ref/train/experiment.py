@@ -15,14 +15,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..checkpoint import write_safetensors
-from ..config import MultitaskPromptTuningConfig, PromptEncoderConfig, PromptTuningConfig
-from ..multitask import MultitaskPromptEmbedding
-from ..prompt_embedding import PromptEmbedding
-from ..prompt_encoder import PromptEncoder
-from .base_model import BaseModel
-from .data import Task, make_tasks, sample
-from .loop import Batch, accuracy, train, trainable_count
+from mpt_ref.io.checkpoint import write_safetensors
+from mpt_ref.modules.config import (
+    MultitaskPromptTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+)
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from mpt_ref.modules.prompt_embedding import PromptEmbedding
+from mpt_ref.modules.prompt_encoder import PromptEncoder
+from mpt_ref.train.base_model import BaseModel
+from mpt_ref.train.data import Task, make_tasks, sample
+from mpt_ref.train.loop import Batch, accuracy, train, trainable_count
 
 
 @dataclasses.dataclass(frozen=True)

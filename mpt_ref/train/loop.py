@@ -7,12 +7,12 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .._types import Array, Params
-from ..multitask import MultitaskPromptEmbedding
-from ..prompt_encoder import PromptEncoder
-from .base_model import BaseModel, base_backward, base_forward
-from .losses import cross_entropy, distillation_kl, mse
-from .optim import Adam
+from mpt_ref._types import Array, Params
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from mpt_ref.modules.prompt_encoder import PromptEncoder
+from mpt_ref.train.base_model import BaseModel, base_backward, base_forward
+from mpt_ref.train.losses import cross_entropy, distillation_kl, mse
+from mpt_ref.train.optim import Adam
 
 
 class Batch(NamedTuple):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._types import Array
+from mpt_ref._types import Array
 
 
 def log_softmax(z: Array) -> Array:

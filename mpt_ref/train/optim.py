@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._types import Params
+from mpt_ref._types import Params
 
 
 class SGD:

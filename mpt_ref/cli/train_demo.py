@@ -1,0 +1,29 @@
+"""``mpt-ref train-demo``: both MPT stages on the embedded default, then the comparison table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mpt_ref.train.experiment import QUICK, Settings, format_table, run
+
+
+def _main(args: argparse.Namespace) -> int:
+    s = QUICK if args.quick else Settings()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = run(s, Path(args.out or tmp), progress=lambda m: print(m, file=sys.stderr))
+    print(format_table(results, s))
+    print(f"train-demo finished in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-demo", help="MPT end to end: source training (teachers + distillation), target "
+                                          "adaptation from each PEFT init vs prompt tuning and P-tuning")
+    p.add_argument("--quick", action="store_true", help="a few steps only (a smoke run)")
+    p.add_argument("--out", help="directory for the source checkpoint (default: a temporary one)")
+    p.set_defaults(func=_main)

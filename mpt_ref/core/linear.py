@@ -1,0 +1,43 @@
+"""Affine layer in PyTorch's layout: y = x Wᵀ + b, with W stored (out, in). Math: spec/mlp.md.
+
+Shape letters: ... any leading axes (B,T for the encoders), I input width, O output width.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from mpt_ref._types import Array
+
+
+class LinearCache(NamedTuple):
+    x: Array       # ...,I   the input (for an inner layer of a head: the previous ReLU's output)
+    weight: Array  # O,I
+
+
+def linear_forward(x: Array, weight: Array, bias: Array) -> tuple[Array, LinearCache]:
+    """x (..., I), weight (O, I), bias (O,) -> y (..., O), cache."""
+    y = x @ weight.T + bias  # ...,O
+    return y, LinearCache(x, weight)
+
+
+def linear_backward(dy: Array, cache: LinearCache) -> tuple[Array, Array, Array]:
+    """dy (..., O) -> dx (..., I), dweight (O, I), dbias (O,), in forward-argument order."""
+    x, weight = cache
+    O, I = weight.shape
+    dy2, x2 = dy.reshape(-1, O), x.reshape(-1, I)  # N,O ; N,I  with N = product of leading axes
+    dx = dy @ weight  # ...,I
+    dweight = dy2.T @ x2  # O,I
+    dbias = dy2.sum(axis=0)  # O
+    return dx, dweight, dbias
+
+
+def init_linear(rng: np.random.Generator, fan_in: int, fan_out: int, dtype: np.dtype) -> tuple[Array, Array]:
+    """PyTorch's nn.Linear default: weight (O, I) and bias (O,) both U(−1/√I, 1/√I), weight drawn first.
+    (kaiming_uniform with a=√5 gives the same bound for the weight.) Drawn in float64, then cast."""
+    bound = 1 / np.sqrt(fan_in)
+    weight = rng.uniform(-bound, bound, (fan_out, fan_in)).astype(dtype)
+    bias = rng.uniform(-bound, bound, (fan_out,)).astype(dtype)
+    return weight, bias

@@ -1,0 +1,61 @@
+"""A module from what a user names on the command line: a config file (or a built-in default kind), an
+optional checkpoint under PEFT keys, a seed. Used by ``mpt-ref export/parity`` and ``verify --onnx``."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from mpt_ref.io.adapter_files import TABLE_KEY
+from mpt_ref.io.checkpoint import read_tensors
+from mpt_ref.modules.config import (
+    MultitaskPromptTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+    TaskType,
+    load_config,
+)
+from mpt_ref.modules.multitask import MultitaskPromptEmbedding
+from mpt_ref.modules.prompt_embedding import PromptEmbedding
+from mpt_ref.modules.prompt_encoder import PromptEncoder
+
+DEFAULT_CONFIGS = {
+    "prompt-tuning": lambda: PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32),
+    "mpt": lambda: MultitaskPromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+                                               num_tasks=3, num_ranks=2),
+    "mlp": lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+                                       encoder_hidden_size=16),
+    "lstm": lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+                                        encoder_hidden_size=16, encoder_reparameterization_type="LSTM",
+                                        encoder_num_layers=2),
+}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint (.safetensors, or a torch .bin read without torch) -> {key: ndarray}; a PEFT
+    adapter's ``prompt_embeddings`` is read as ``embedding.weight``."""
+    tensors = read_tensors(path)
+    if TABLE_KEY in tensors and "embedding.weight" not in tensors:
+        tensors["embedding.weight"] = tensors.pop(TABLE_KEY)
+    return tensors
+
+
+def build_module(config_path: str | None, checkpoint: str | None, kind: str, seed: int) -> Any:
+    """The module the command exports / checks (see the module docstring)."""
+    config = load_config(config_path) if config_path else DEFAULT_CONFIGS[kind]()
+    state = read_checkpoint(checkpoint) if checkpoint else None
+    if isinstance(config, PromptEncoderConfig):
+        # PEFT writes inference_mode=true into every saved config, so the flag says nothing here: the
+        # heads are built unless the checkpoint holds the prompt table alone (a PEFT adapter file).
+        table_only = state is not None and set(state) == {"embedding.weight"}
+        config = dataclasses.replace(config, inference_mode=table_only)
+    if isinstance(config, MultitaskPromptTuningConfig):
+        module: Any = MultitaskPromptEmbedding(config, seed=seed)
+    elif isinstance(config, PromptTuningConfig):
+        module = PromptEmbedding(config, seed=seed)
+    else:
+        module = PromptEncoder(config, seed=seed).eval()
+    if state is not None:
+        module.load_state_dict(state, strict=True)
+    return module

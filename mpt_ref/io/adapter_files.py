@@ -1,0 +1,41 @@
+"""The files of a PEFT adapter directory, as bytes: which weights file to read, and writing the set.
+
+Knows no module class: the classes (modules/) hand over ``{file name: bytes}``; interop/adapter.py turns
+a directory back into a module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from mpt_ref.errors import CheckpointError, OutputExistsError
+from mpt_ref.io.atomic import atomic_write_bytes
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+WEIGHTS_BIN_NAME = "adapter_model.bin"
+ENCODER_NAME = "mpt_ref_encoder.safetensors"  # mpt-ref's extra: full P-tuning encoder weights
+TABLE_KEY = "prompt_embeddings"  # PEFT's adapter-file name for embedding.weight
+FACTOR_KEYS = ("prefix_task_cols", "prefix_task_rows")
+
+
+def weights_file(directory: Path) -> Path:
+    """The adapter's weights file: adapter_model.safetensors, else adapter_model.bin (PEFT's preference)."""
+    for name in (WEIGHTS_NAME, WEIGHTS_BIN_NAME):
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(f"{directory}: expected {WEIGHTS_NAME} or {WEIGHTS_BIN_NAME}, got neither")
+
+
+def write_adapter_files(directory: str | os.PathLike, files: Mapping[str, bytes], *, overwrite: bool = False) -> Path:
+    """Write ``files`` into ``directory``, each atomically; if any exists, nothing is written unless
+    ``overwrite``."""
+    directory = Path(directory)
+    existing = [name for name in files if (directory / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{directory}: expected no adapter files, got existing {existing} (pass overwrite=True)")
+    for name, data in files.items():
+        atomic_write_bytes(directory / name, data, overwrite=True)
+    return directory

@@ -1,0 +1,307 @@
+"""PEFT-compatible configs: field names, defaults, enum string values and ``adapter_config.json`` I/O.
+
+The three dataclasses mirror PEFT's ``PromptTuningConfig``, ``MultitaskPromptTuningConfig`` and
+``PromptEncoderConfig`` field for field, so a PEFT ``adapter_config.json`` loads here and ours loads in
+PEFT. Validation is stricter than PEFT's wherever PEFT silently misbehaves; every such difference is
+listed in spec/differences.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import numbers
+import os
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mpt_ref import _checks
+from mpt_ref.errors import ConfigError
+from mpt_ref.io.adapter_files import CONFIG_NAME
+from mpt_ref.io.atomic import atomic_write_bytes
+
+
+class TaskType(str, enum.Enum):
+    SEQ_CLS = "SEQ_CLS"
+    SEQ_2_SEQ_LM = "SEQ_2_SEQ_LM"
+    CAUSAL_LM = "CAUSAL_LM"
+    TOKEN_CLS = "TOKEN_CLS"
+    QUESTION_ANS = "QUESTION_ANS"
+    FEATURE_EXTRACTION = "FEATURE_EXTRACTION"
+
+
+class PeftType(str, enum.Enum):
+    PROMPT_TUNING = "PROMPT_TUNING"
+    MULTITASK_PROMPT_TUNING = "MULTITASK_PROMPT_TUNING"
+    P_TUNING = "P_TUNING"
+
+
+class PromptTuningInit(str, enum.Enum):
+    TEXT = "TEXT"
+    SAMPLE_VOCAB = "SAMPLE_VOCAB"
+    RANDOM = "RANDOM"
+
+
+class MultitaskPromptTuningInit(str, enum.Enum):
+    TEXT = "TEXT"
+    RANDOM = "RANDOM"
+    AVERAGE_SOURCE_TASKS = "AVERAGE_SOURCE_TASKS"
+    EXACT_SOURCE_TASK = "EXACT_SOURCE_TASK"
+    ONLY_SOURCE_SHARED = "ONLY_SOURCE_SHARED"
+
+
+class PromptEncoderReparameterizationType(str, enum.Enum):
+    MLP = "MLP"
+    LSTM = "LSTM"
+
+
+SOURCE_INITS = frozenset(
+    {
+        MultitaskPromptTuningInit.AVERAGE_SOURCE_TASKS,
+        MultitaskPromptTuningInit.EXACT_SOURCE_TASK,
+        MultitaskPromptTuningInit.ONLY_SOURCE_SHARED,
+    }
+)
+
+
+def _enum(name: str, value: Any, choices: type[enum.Enum] | tuple[type[enum.Enum], ...]) -> enum.Enum:
+    """Coerce a str or enum member to a member of ``choices`` (first enum that has it)."""
+    choices = choices if isinstance(choices, tuple) else (choices,)
+    raw = value.value if isinstance(value, enum.Enum) else value
+    for cls in choices:
+        try:
+            return cls(raw)
+        except ValueError:
+            continue
+    allowed = sorted({m.value for cls in choices for m in cls})
+    raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
+
+
+def _optional_int(name: str, value: Any, minimum: int = 1) -> int | None:
+    return None if value is None else _checks.positive_int(name, value, minimum=minimum)
+
+
+@dataclasses.dataclass(kw_only=True)
+class PromptLearningConfig:
+    """Fields shared by the three prompt-learning configs (PEFT's PeftConfig + PromptLearningConfig)."""
+
+    PEFT_TYPE: ClassVar[PeftType]
+
+    task_type: TaskType | str | None = None
+    peft_type: PeftType | str | None = None
+    auto_mapping: dict | None = None
+    peft_version: str | None = None
+    base_model_name_or_path: str | None = None
+    revision: str | None = None
+    inference_mode: bool = False
+    num_virtual_tokens: int | None = None
+    token_dim: int | None = None
+    num_transformer_submodules: int | None = None
+    num_attention_heads: int | None = None
+    num_layers: int | None = None
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.peft_type = self.PEFT_TYPE
+        if self.task_type is not None:
+            self.task_type = _enum("task_type", self.task_type, TaskType)
+        if not isinstance(self.inference_mode, bool):
+            raise ConfigError(f"inference_mode: expected a bool, got {self.inference_mode!r}")
+        self.num_virtual_tokens = _optional_int("num_virtual_tokens", self.num_virtual_tokens)
+        self.token_dim = _optional_int("token_dim", self.token_dim)
+        self.num_attention_heads = _optional_int("num_attention_heads", self.num_attention_heads)
+        self.num_layers = _optional_int("num_layers", self.num_layers)
+        if self.num_transformer_submodules is None:  # PEFT fills this only when attached to a model
+            self.num_transformer_submodules = 2 if self.task_type == TaskType.SEQ_2_SEQ_LM else 1
+        self.num_transformer_submodules = _checks.positive_int(
+            "num_transformer_submodules", self.num_transformer_submodules
+        )
+
+    @property
+    def total_virtual_tokens(self) -> int:
+        """T = num_virtual_tokens * num_transformer_submodules (N·S)."""
+        if self.num_virtual_tokens is None:
+            raise ConfigError("num_virtual_tokens: expected an integer >= 1, got None")
+        return self.num_virtual_tokens * self.num_transformer_submodules
+
+    # -- dict / JSON --------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields, enum members as their string values (PEFT's ``asdict``)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = v.value if isinstance(v, enum.Enum) else v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PromptLearningConfig:
+        """Build from a dict; unknown keys are warned about and dropped, as PEFT does."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"config: expected a dict, got {type(data).__name__}")
+        peft_type = data.get("peft_type")
+        if peft_type is not None and str(getattr(peft_type, "value", peft_type)) != cls.PEFT_TYPE.value:
+            raise ConfigError(f"peft_type: expected {cls.PEFT_TYPE.value!r} for {cls.__name__}, got {peft_type!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            warnings.warn(f"Unexpected keyword arguments {unknown} for class {cls.__name__}, these are ignored.")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self, *, inference_mode: bool | None = True) -> str:
+        """``adapter_config.json`` text: sorted keys, indent 2, no trailing newline (PEFT writes
+        ``inference_mode: true`` on disk; pass ``inference_mode=None`` to keep the field as is)."""
+        d = self.to_dict()
+        if inference_mode is not None:
+            d["inference_mode"] = inference_mode
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``<save_directory>/adapter_config.json`` atomically; returns its path."""
+        return atomic_write_bytes(
+            Path(save_directory) / CONFIG_NAME, self.to_json().encode(), overwrite=overwrite
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> PromptLearningConfig:
+        """Read an ``adapter_config.json`` (or the directory holding one)."""
+        return cls.from_dict(_read_json(path))
+
+
+def _read_json(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config path: expected an {CONFIG_NAME} file, got missing path {path}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: expected JSON, got unreadable text ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if "runtime_config" in data:
+        warnings.warn(f"{path}: dropping 'runtime_config' (PEFT drops it as well)")
+        data.pop("runtime_config")
+    return data
+
+
+@dataclasses.dataclass(kw_only=True)
+class PromptTuningConfig(PromptLearningConfig):
+    """PEFT's ``PromptTuningConfig`` (peft_type PROMPT_TUNING)."""
+
+    PEFT_TYPE: ClassVar[PeftType] = PeftType.PROMPT_TUNING
+    INIT_ENUMS: ClassVar[tuple[type[enum.Enum], ...]] = (PromptTuningInit,)
+
+    prompt_tuning_init: PromptTuningInit | str = PromptTuningInit.RANDOM
+    prompt_tuning_init_text: str | None = None
+    tokenizer_name_or_path: str | None = None
+    tokenizer_kwargs: dict | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.prompt_tuning_init = _enum("prompt_tuning_init", self.prompt_tuning_init, self.INIT_ENUMS)
+        is_text = self.prompt_tuning_init.value == "TEXT"
+        if is_text and not self.tokenizer_name_or_path:
+            raise ConfigError(
+                f"When prompt_tuning_init='TEXT', tokenizer_name_or_path can't be {self.tokenizer_name_or_path}."
+            )
+        if is_text and self.prompt_tuning_init_text is None:
+            raise ConfigError("When prompt_tuning_init='TEXT', prompt_tuning_init_text can't be None.")
+        if self.tokenizer_kwargs and not is_text:
+            raise ConfigError(
+                "tokenizer_kwargs only valid when using prompt_tuning_init='TEXT', "
+                f"got prompt_tuning_init={self.prompt_tuning_init.value!r}"
+            )
+
+
+@dataclasses.dataclass(kw_only=True)
+class MultitaskPromptTuningConfig(PromptTuningConfig):
+    """PEFT's ``MultitaskPromptTuningConfig`` (peft_type MULTITASK_PROMPT_TUNING).
+
+    ``prompt_tuning_init`` also accepts the plain string "SAMPLE_VOCAB", which PEFT honours through the
+    PromptEmbedding parent although it is not a MultitaskPromptTuningInit member.
+    """
+
+    PEFT_TYPE: ClassVar[PeftType] = PeftType.MULTITASK_PROMPT_TUNING
+    INIT_ENUMS: ClassVar[tuple[type[enum.Enum], ...]] = (MultitaskPromptTuningInit, PromptTuningInit)
+
+    prompt_tuning_init: MultitaskPromptTuningInit | str = MultitaskPromptTuningInit.RANDOM
+    prompt_tuning_init_state_dict_path: str | None = None
+    prompt_tuning_init_task: int | None = 0
+    num_ranks: int | None = 1
+    num_tasks: int | None = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.num_ranks = _checks.positive_int("num_ranks", self.num_ranks)
+        self.num_tasks = _checks.positive_int("num_tasks", self.num_tasks)
+        self.prompt_tuning_init_task = _checks.positive_int(
+            "prompt_tuning_init_task", self.prompt_tuning_init_task, minimum=0
+        )
+        if self.prompt_tuning_init in SOURCE_INITS and self.prompt_tuning_init_state_dict_path is None:
+            raise ConfigError(
+                "prompt_tuning_init_state_dict_path needs to be specified with "
+                f"{self.prompt_tuning_init.value} init method"
+            )
+        single = (MultitaskPromptTuningInit.AVERAGE_SOURCE_TASKS, MultitaskPromptTuningInit.EXACT_SOURCE_TASK)
+        if self.prompt_tuning_init in single and self.num_tasks != 1:
+            raise ConfigError(
+                f"num_tasks: {self.prompt_tuning_init.value} initialises exactly one target task (PEFT "
+                "strictly loads (1, T, R) / (1, R, D) task factors), so num_tasks must be 1, "
+                f"got {self.num_tasks}"
+            )
+
+
+@dataclasses.dataclass(kw_only=True)
+class PromptEncoderConfig(PromptLearningConfig):
+    """PEFT's ``PromptEncoderConfig`` (peft_type P_TUNING)."""
+
+    PEFT_TYPE: ClassVar[PeftType] = PeftType.P_TUNING
+
+    encoder_reparameterization_type: PromptEncoderReparameterizationType | str = (
+        PromptEncoderReparameterizationType.MLP
+    )
+    encoder_hidden_size: int | None = None
+    encoder_num_layers: int = 2
+    encoder_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            self.encoder_reparameterization_type = PromptEncoderReparameterizationType(
+                getattr(self.encoder_reparameterization_type, "value", self.encoder_reparameterization_type)
+            )
+        except ValueError:
+            raise ConfigError(
+                "encoder_reparameterization_type: Prompt encoder type not recognized. Please use one of "
+                f"MLP (recommended) or LSTM; got {self.encoder_reparameterization_type!r}"
+            ) from None
+        self.encoder_hidden_size = _optional_int("encoder_hidden_size", self.encoder_hidden_size)
+        self.encoder_num_layers = _checks.positive_int("encoder_num_layers", self.encoder_num_layers)
+        p = self.encoder_dropout
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            raise ConfigError(f"encoder_dropout: expected a float in [0, 1), got {p!r}")
+        self.encoder_dropout = float(p)
+
+
+CONFIG_CLASSES: dict[PeftType, type[PromptLearningConfig]] = {
+    PeftType.PROMPT_TUNING: PromptTuningConfig,
+    PeftType.MULTITASK_PROMPT_TUNING: MultitaskPromptTuningConfig,
+    PeftType.P_TUNING: PromptEncoderConfig,
+}
+
+
+def config_from_dict(data: dict[str, Any]) -> PromptLearningConfig:
+    """Pick the config class from ``data['peft_type']`` (as PEFT's PeftConfig does)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a dict, got {type(data).__name__}")
+    peft_type = _enum("peft_type", data.get("peft_type"), PeftType)
+    return CONFIG_CLASSES[peft_type].from_dict(data)
+
+
+def load_config(path: str | os.PathLike) -> PromptLearningConfig:
+    """Read any of the three configs from an ``adapter_config.json`` or its directory."""
+    return config_from_dict(_read_json(path))
