@@ -9,6 +9,7 @@ testing/, conformance/, train/, bench/ → cli/. This file only re-exports the p
 import importlib as _importlib
 import sys as _sys
 
+from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import (
     CheckpointError,
     ConfigError,
@@ -35,8 +36,6 @@ from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 
-from mpt_ref._version import SPEC_VERSION, __version__
-
 # Module paths of 0.1 (flat layout), kept importable: ``from mpt_ref.mpt import mpt_forward`` etc.
 _MOVED = {
     "activations": "core.activations", "embedding": "core.embedding", "gradcheck": "core.gradcheck",
@@ -50,6 +49,7 @@ for _old, _new in _MOVED.items():
 
 __all__ = [
     "SPEC_VERSION",
+    "__version__",
     "CheckpointError",
     "ConfigError",
     "IndexRangeError",

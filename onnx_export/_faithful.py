@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mpt_ref.modules.kind import Kind
 from onnx_export import _layout
 from onnx_export._graph import GraphBuilder
 from onnx_export._guards import nan_padded, redirect, task_rows, valid_ids
@@ -84,16 +85,16 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
     """The faithful graph of ``spec``; returns the name of the (B, T', D) output."""
     T, D = spec.T, spec.D
     E = g.weight("embedding.weight", spec.params["embedding.weight"])  # T,D
-    if spec.kind == "mlp":
+    if spec.kind == Kind.MLP_ENCODER:
         x, valid = safe_lookup(g, E, T, indices, "indices")  # B,T',D
         return nan_where_invalid(g, mlp_head(g, spec, x, num_linear=3), valid, whole_row=False)
-    if spec.kind == "lstm":
+    if spec.kind == Kind.LSTM_ENCODER:
         x, valid = safe_lookup(g, E, T, indices, "indices")  # B,T',D
         y = mlp_head(g, spec, lstm_stack(g, spec, x), num_linear=2)  # T',B,D
         y = g.node("Transpose", [y], "batch_first", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # B,T',D
         return nan_where_invalid(g, y, valid, whole_row=True)
     x = lookup(g, E, T, (D,), indices, "indices")  # B,T',D
-    if spec.kind == "embedding":
+    if spec.kind == Kind.PROMPT_EMBEDDING:
         return x
     # mpt: out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b])
     K, R = spec.K, spec.R

@@ -12,6 +12,7 @@ indices (arange(T)) and rounded once to the export dtype; the graph is one Gathe
 
 from __future__ import annotations
 
+from mpt_ref.modules.kind import Kind
 from onnx_export._faithful import lookup
 from onnx_export._graph import GraphBuilder
 from onnx_export._guards import (
@@ -28,12 +29,12 @@ from onnx_export.reference import prompt_table
 def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
     """The folded graph of ``spec``; returns the name of the (B, T', D) output."""
     T, D = spec.T, spec.D
-    if spec.kind == "embedding":
+    if spec.kind == Kind.PROMPT_EMBEDDING:
         return lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")
-    if spec.kind == "mlp":
+    if spec.kind == Kind.MLP_ENCODER:
         return lookup(g, g.weight("prompt_table", prompt_table(spec)), T, (D,), indices, "indices")  # B,T',D
     peft_rows = rows_are_arange(g, indices, T)  # B
-    if spec.kind == "lstm":
+    if spec.kind == Kind.LSTM_ENCODER:
         table = g.node("Unsqueeze", [g.weight("prompt_table", prompt_table(spec)), g.int_const("axis0", [0])],
                        "prompt_table_1")  # 1,T,D
         num_rows, ok, sel = 1, peft_rows, g.int_const("row0", 0)

@@ -1,8 +1,7 @@
 """What the exporter needs to know about a module, read once from an mpt_ref module.
 
-Kinds: ``embedding`` (PromptEmbedding, and a PromptEncoder in inference mode, whose forward is the
-plain lookup of its stored prompt), ``mpt`` (MultitaskPromptEmbedding), ``mlp`` and ``lstm``
-(PromptEncoder). Shape letters as in spec/README.md.
+The kind is ``mpt_ref.modules.kind.Kind.of(module)`` (an inference-mode PromptEncoder is a plain
+lookup of its stored prompt, PROMPT_EMBEDDING). Shape letters as in spec/README.md.
 """
 
 from __future__ import annotations
@@ -14,16 +13,15 @@ from typing import Any
 import numpy as np
 
 from mpt_ref.errors import InputError
+from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 
-KINDS = ("embedding", "mpt", "mlp", "lstm")
-
 
 @dataclasses.dataclass(frozen=True)
 class ModuleSpec:
-    kind: str                      # one of KINDS
+    kind: Kind
     module_name: str               # the class name, stamped into the ONNX metadata
     params: dict[str, np.ndarray]  # PEFT key -> array (copies, the module's dtype)
     T: int                         # total virtual tokens (rows of E)
@@ -33,11 +31,6 @@ class ModuleSpec:
     H: int = 0                     # encoder_hidden_size (mlp, lstm)
     L: int = 0                     # encoder_num_layers (lstm)
     config_json: str = "{}"
-
-    @property
-    def tokens_fixed(self) -> bool:
-        """Whether a graph of this kind needs exactly T tokens per row (faithful and folded alike)."""
-        return self.kind == "mpt"
 
 
 def module_spec(module: Any) -> ModuleSpec:
@@ -51,9 +44,9 @@ def module_spec(module: Any) -> ModuleSpec:
     config = json.dumps(module.config.to_dict(), sort_keys=True, default=str)
     common = dict(module_name=type(module).__name__, params=params, T=module.total_virtual_tokens,
                   D=module.token_dim, config_json=config)
-    if isinstance(module, MultitaskPromptEmbedding):
-        return ModuleSpec("mpt", K=module.num_tasks, R=module.num_ranks, **common)
-    if isinstance(module, PromptEncoder) and not module.inference_mode:
-        kind = module.encoder_type.value.lower()  # "mlp" or "lstm"
-        return ModuleSpec(kind, H=module.hidden_size, L=module.num_layers if kind == "lstm" else 0, **common)
-    return ModuleSpec("embedding", **common)
+    kind = Kind.of(module)
+    if kind == Kind.MPT:
+        return ModuleSpec(kind, K=module.num_tasks, R=module.num_ranks, **common)
+    if kind.is_encoder:
+        return ModuleSpec(kind, H=module.hidden_size, L=module.num_layers if kind == Kind.LSTM_ENCODER else 0, **common)
+    return ModuleSpec(kind, **common)

@@ -16,6 +16,7 @@ import onnx
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import InputError
 from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.modules.kind import Kind
 from onnx_export import _faithful, _folded
 from onnx_export._graph import GraphBuilder, int64_input
 from onnx_export._spec import ModuleSpec, module_spec
@@ -40,7 +41,7 @@ def export_dtype(dtype: Any) -> str:
 
 def tokens_dim(spec: ModuleSpec, variant: str) -> int | str:
     """The indices' token axis: T when the graph needs PEFT's full rows, else the symbol 'tokens'."""
-    return spec.T if spec.kind == "mpt" or (spec.kind == "lstm" and variant == "folded") else "tokens"
+    return spec.T if spec.kind == Kind.MPT or (spec.kind == Kind.LSTM_ENCODER and variant == "folded") else "tokens"
 
 
 def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "float32") -> onnx.ModelProto:
@@ -52,16 +53,16 @@ def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "fl
     tokens = tokens_dim(spec, variant)
     inputs = [int64_input(INPUT_INDICES, ["batch", tokens])]
     task_ids = None
-    if spec.kind == "mpt":
+    if spec.kind == Kind.MPT:
         inputs.append(int64_input(INPUT_TASK_IDS, ["task_batch"]))  # B or 1
         task_ids = INPUT_TASK_IDS
     out = (_faithful if variant == "faithful" else _folded).build(g, spec, INPUT_INDICES, task_ids)
     g.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT], name="prompt_embeddings/Identity"))
     doc = (f"mpt-ref {spec.module_name} ({spec.kind}), variant={variant}, dtype={dtype}. "
            "Ids outside their range give NaN outputs (spec/onnx.md, task-id policy).")
-    meta = {"module": spec.module_name, "kind": spec.kind, "variant": variant, "dtype": dtype,
+    meta = {"module": spec.module_name, "kind": spec.kind.value, "variant": variant, "dtype": dtype,
             "config": spec.config_json, "spec_version": SPEC_VERSION, "mpt_ref_version": __version__}
-    return g.model(inputs, OUTPUT, ["batch", tokens, spec.D], name=f"mpt_ref_{spec.kind}_{variant}", doc=doc,
+    return g.model(inputs, OUTPUT, ["batch", tokens, spec.D], name=f"mpt_ref_{spec.kind.value}_{variant}", doc=doc,
                    metadata={META_PREFIX + k: v for k, v in meta.items()})
 
 

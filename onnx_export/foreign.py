@@ -20,6 +20,7 @@ from onnx import numpy_helper
 
 from mpt_ref.errors import CheckpointError, InputError
 from mpt_ref.interop.build import build_module
+from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from onnx_export._spec import module_spec
 from onnx_export.exporter import metadata
@@ -67,7 +68,7 @@ def verify_onnx(
     """Run the model on in-range inputs (PEFT's arange rows and random rows, and a second batch size
     when the batch is dynamic) and compare with the float64 reference of the configured module."""
     model = onnx.load(str(model_path))
-    module: Any = build_module(str(config_path), None if checkpoint is None else str(checkpoint), "mpt", seed)
+    module: Any = build_module(str(config_path), None if checkpoint is None else str(checkpoint), Kind.MPT, seed)
     if checkpoint is None:
         module.load_state_dict(weights_from_initializers(model, list(module.state_dict())))
     spec = module_spec(module)
@@ -98,7 +99,7 @@ def verify_onnx(
             feeds = {idx_info.name: indices.astype(np.int64)}
             if task_info is not None:
                 feeds[task_info.name] = tasks.astype(np.int64)
-            want = expected_output(spec, indices, tasks if spec.kind == "mpt" else None, variant=variant)
+            want = expected_output(spec, indices, tasks if spec.kind == Kind.MPT else None, variant=variant)
             try:
                 got = runner.run(feeds)
             except Exception as exc:  # a runtime refusing an input is a failure, reported

@@ -27,6 +27,7 @@ import onnx
 
 from mpt_ref import tolerances
 from mpt_ref.errors import InputError
+from mpt_ref.modules.kind import Kind
 from mpt_ref.tolerances import Tol
 from onnx_export._spec import ModuleSpec, module_spec
 from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata, tokens_dim
@@ -93,7 +94,7 @@ def parity_cases(spec: ModuleSpec, variant: str, *, batch: int = 3, seed: int = 
         raise InputError(f"batch: expected an integer >= 1, got {batch!r}")
     rng = np.random.default_rng(seed)
     T, K = spec.T, spec.K
-    mpt = spec.kind == "mpt"
+    mpt = spec.kind == Kind.MPT
     arange = lambda b: np.tile(np.arange(T, dtype=np.int64), (b, 1))  # noqa: E731
     tasks = lambda b: np.arange(b, dtype=np.int64) % max(K, 1)  # noqa: E731  (unused unless MPT)
     with_tasks = lambda idx, t: {INPUT_INDICES: idx, **({INPUT_TASK_IDS: t} if mpt else {})}  # noqa: E731
@@ -169,8 +170,8 @@ def check_parity(
         model = onnx.load(model)
     meta = metadata(model)
     spec = module_spec(module)
-    if meta.get("kind") != spec.kind:
-        raise InputError(f"model: expected an export of a {spec.kind!r} module (mpt_ref.kind metadata), "
+    if meta.get("kind") is None or Kind.parse(meta["kind"]) != spec.kind:
+        raise InputError(f"model: expected an export of a {spec.kind.value!r} module (mpt_ref.kind metadata), "
                          f"got {meta.get('kind')!r}")
     variant, dtype = meta["variant"], meta["dtype"]
     cases = parity_cases(spec, variant, batch=batch, seed=seed)

@@ -24,6 +24,7 @@ from mpt_ref.core.encoder import prompt_encoder_forward
 from mpt_ref.core.mpt import mpt_forward
 from mpt_ref.errors import InputError
 from mpt_ref.modules.config import PromptEncoderReparameterizationType as EncoderType
+from mpt_ref.modules.kind import Kind
 from onnx_export._spec import ModuleSpec
 
 VARIANTS = ("faithful", "folded")
@@ -36,18 +37,18 @@ def float64_params(spec: ModuleSpec) -> dict[str, np.ndarray]:
 def module_math(spec: ModuleSpec, indices: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
     """The module's forward in float64 for valid ids: indices (B, T'), task_ids (B,) -> (B, T', D)."""
     p = float64_params(spec)
-    if spec.kind == "embedding":
+    if spec.kind == Kind.PROMPT_EMBEDDING:
         return embedding_forward(p["embedding.weight"], indices)[0]
-    if spec.kind == "mpt":
+    if spec.kind == Kind.MPT:
         return mpt_forward(p, indices, task_ids)[0]
-    encoder_type = EncoderType.LSTM if spec.kind == "lstm" else EncoderType.MLP
+    encoder_type = EncoderType.LSTM if spec.kind == Kind.LSTM_ENCODER else EncoderType.MLP
     return prompt_encoder_forward(p, indices, encoder_type=encoder_type, num_layers=spec.L)[0]
 
 
 def prompt_table(spec: ModuleSpec) -> np.ndarray:
     """What PEFT's indices give, in float64: (T, D) for an encoder, (K, T, D) per task for MPT."""
     arange = np.arange(spec.T)[None]  # 1,T
-    if spec.kind == "mpt":
+    if spec.kind == Kind.MPT:
         K = spec.K
         return module_math(spec, np.repeat(arange, K, axis=0), np.arange(K))  # K,T,D
     return module_math(spec, arange)[0]  # T,D
@@ -68,21 +69,21 @@ def expected_output(spec: ModuleSpec, indices: Any, task_ids: Any = None, *, var
         raise InputError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     idx = _checks.int_array("indices", indices, ndim=2)
     B, tokens = idx.shape
-    if (spec.kind == "mpt" or (spec.kind == "lstm" and variant == "folded")) and tokens != spec.T:
+    if (spec.kind == Kind.MPT or (spec.kind == Kind.LSTM_ENCODER and variant == "folded")) and tokens != spec.T:
         raise InputError(f"indices: expected shape (B, T) with T={spec.T} (total virtual tokens), got shape {idx.shape}")
     idx_ok = (idx >= 0) & (idx < spec.T)  # B,T'
     safe_idx = np.where(idx_ok, idx, 0)
     task_ok = np.ones(B, dtype=bool)
     safe_t = None
-    if spec.kind == "mpt":
+    if spec.kind == Kind.MPT:
         t = _task_rows(task_ids, B)
         task_ok = (t >= 0) & (t < spec.K)  # B
         safe_t = np.where(task_ok, t, 0)
     out = module_math(spec, safe_idx, safe_t)  # B,T',D
     rows_peft = (idx == np.arange(tokens)).all(axis=1) & (tokens == spec.T)  # B
-    if variant == "folded" and spec.kind in ("lstm", "mpt"):
+    if variant == "folded" and spec.kind in (Kind.LSTM_ENCODER, Kind.MPT):
         nan = ~(rows_peft & task_ok)[:, None] & np.ones((1, tokens), dtype=bool)  # B,T'
-    elif spec.kind == "lstm":
+    elif spec.kind == Kind.LSTM_ENCODER:
         nan = ~idx_ok.all(axis=1, keepdims=True) & np.ones((1, tokens), dtype=bool)  # B,T'
     else:
         nan = ~idx_ok | ~task_ok[:, None]  # B,T'

@@ -9,7 +9,7 @@ import pytest
 import mpt_ref.cli
 
 
-@pytest.mark.parametrize("module", ["mpt", "mlp", "lstm"])
+@pytest.mark.parametrize("module", ["mpt", "mlp_encoder", "lstm_encoder"])
 def test_bench_quick_runs_and_writes_json(tmp_path, capsys, module):
     out = tmp_path / "bench.json"
     args = ["bench", "--quick", "--only", module, "--repeats", "1", "--no-sweep", "--json", str(out)]

@@ -20,7 +20,7 @@ from mpt_ref.testing.assertions import assert_close
 from onnx_export import IR_VERSION, OPSET, _layout, export, metadata
 from onnx_export.runtimes import run_model
 
-KINDS = ("embedding", "mpt", "mlp", "lstm")
+KINDS = ("prompt_embedding", "mpt", "mlp_encoder", "lstm_encoder")
 VARIANTS = ("faithful", "folded")
 DTYPES = ("float32", "float16")
 
@@ -28,13 +28,13 @@ DTYPES = ("float32", "float16")
 def make_module(kind, *, N=3, D=4, S=1, seed=0, **kw):
     task = mpt_ref.TaskType.SEQ_2_SEQ_LM if S == 2 else mpt_ref.TaskType.CAUSAL_LM
     common = dict(task_type=task, num_virtual_tokens=N, token_dim=D)
-    if kind == "embedding":
+    if kind == "prompt_embedding":
         return mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(**common), seed=seed)
     if kind == "mpt":
         config = mpt_ref.MultitaskPromptTuningConfig(**common, num_tasks=kw.get("K", 3), num_ranks=kw.get("R", 2))
         return mpt_ref.MultitaskPromptEmbedding(config, seed=seed)
     config = mpt_ref.PromptEncoderConfig(**common, encoder_hidden_size=kw.get("H", 5),
-                                         encoder_reparameterization_type=kind.upper(),
+                                         encoder_reparameterization_type=kind.split("_")[0].upper(),
                                          encoder_num_layers=kw.get("L", 2), encoder_dropout=kw.get("p", 0.0))
     return mpt_ref.PromptEncoder(config, seed=seed)
 
@@ -69,7 +69,7 @@ def test_interface_checker_and_shape_inference(kind, variant, dtype):
     assert list(ins) == (["indices", "task_ids"] if kind == "mpt" else ["indices"])
     assert all(t.elem_type == onnx.TensorProto.INT64 for t in ins.values())
     dims = lambda t: [d.dim_param or d.dim_value for d in t.shape.dim]  # noqa: E731
-    fixed_tokens = kind == "mpt" or (kind == "lstm" and variant == "folded")
+    fixed_tokens = kind == "mpt" or (kind == "lstm_encoder" and variant == "folded")
     tokens = 3 if fixed_tokens else "tokens"
     assert dims(ins["indices"]) == ["batch", tokens]
     if kind == "mpt":
@@ -91,7 +91,7 @@ def test_interface_checker_and_shape_inference(kind, variant, dtype):
 
 
 def test_faithful_initializers_are_the_peft_tensors_under_their_keys():
-    for kind in ("embedding", "mpt", "mlp"):
+    for kind in ("prompt_embedding", "mpt", "mlp_encoder"):
         module = make_module(kind)
         got = inits(export(module))
         for key, value in module.state_dict().items():
@@ -99,7 +99,7 @@ def test_faithful_initializers_are_the_peft_tensors_under_their_keys():
 
 
 def test_faithful_lstm_uses_the_documented_derived_names():
-    module = make_module("lstm", L=2)
+    module = make_module("lstm_encoder", L=2)
     sd, got = module.state_dict(), inits(export(module))
     assert not any(k.startswith("lstm_head.weight") or k.startswith("lstm_head.bias") for k in got)
     for k in range(2):
@@ -121,7 +121,7 @@ def test_folded_tables(kind):
     gathers = [n for n in model.graph.node if n.op_type in ("MatMul", "LSTM", "Relu", "Mul")]
     assert not gathers, "a folded graph only gathers"
     T = module.total_virtual_tokens
-    if kind == "embedding":
+    if kind == "prompt_embedding":
         np.testing.assert_array_equal(got["embedding.weight"], module.state_dict()["embedding.weight"])
     elif kind == "mpt":
         want = module.forward(np.tile(np.arange(T), (3, 1)), np.arange(3))  # K,T,D from the class
@@ -133,7 +133,7 @@ def test_folded_tables(kind):
 def test_train_mode_encoder_with_dropout_exports_eval_semantics():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = make_module("lstm", L=2, p=0.5)
+        module = make_module("lstm_encoder", L=2, p=0.5)
     assert module.training
     idx = np.tile(np.arange(3), (2, 1))
     got = run_model(export(module), {"indices": idx})
@@ -145,7 +145,7 @@ def test_inference_mode_encoder_exports_a_lookup():
     config = mpt_ref.PromptEncoderConfig(num_virtual_tokens=3, token_dim=4, inference_mode=True)
     module = mpt_ref.PromptEncoder(config, seed=0)
     model = export(module)
-    assert metadata(model)["kind"] == "embedding"
+    assert metadata(model)["kind"] == "prompt_embedding"
     idx = np.array([[2, 0, 1]])
     np.testing.assert_array_equal(run_model(model, {"indices": idx}), module.forward(idx))
 
@@ -175,7 +175,7 @@ def test_write_is_atomic_and_refuses_to_overwrite(tmp_path):
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(InputError, match=match):
-        export(make_module("embedding"), **kwargs)
+        export(make_module("prompt_embedding"), **kwargs)
 
 
 def test_refuses_other_modules(tmp_path):
@@ -189,12 +189,12 @@ def test_refuses_other_modules(tmp_path):
 
 def test_cli_export_writes_reports_and_refuses_overwrite(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert cli_main(["export", "-o", str(out), "--kind", "lstm", "--variant", "folded", "--dtype", "float16"]) == 0
+    assert cli_main(["export", "-o", str(out), "--kind", "lstm_encoder", "--variant", "folded", "--dtype", "float16"]) == 0
     text = capsys.readouterr().out
     assert "verdict: PASS" in text and "max ulp" in text and "tolerance cpu" in text
-    assert cli_main(["export", "-o", str(out), "--kind", "lstm"]) == 2
+    assert cli_main(["export", "-o", str(out), "--kind", "lstm_encoder"]) == 2
     assert "expected a new file" in capsys.readouterr().err
-    assert cli_main(["export", "-o", str(out), "--kind", "lstm", "--force", "--providers", "cpu,onnx-reference"]) == 0
+    assert cli_main(["export", "-o", str(out), "--kind", "lstm_encoder", "--force", "--providers", "cpu,onnx-reference"]) == 0
 
 
 def test_cli_parity_fails_with_exit_1_on_other_weights(tmp_path, capsys):
@@ -203,21 +203,21 @@ def test_cli_parity_fails_with_exit_1_on_other_weights(tmp_path, capsys):
     assert cli_main(["parity", str(out), "--kind", "mpt", "--seed", "3"]) == 0
     assert cli_main(["parity", str(out), "--kind", "mpt", "--seed", "4"]) == 1
     assert "verdict: FAIL" in capsys.readouterr().out
-    assert cli_main(["parity", str(out), "--kind", "mlp"]) == 2
+    assert cli_main(["parity", str(out), "--kind", "mlp_encoder"]) == 2
     assert cli_main(["parity", str(tmp_path / "missing.onnx")]) == 2
     assert cli_main(["parity", str(out), "--providers", "tpu"]) == 2
 
 
 def test_cli_config_and_checkpoint(tmp_path, capsys):
     safetensors = pytest.importorskip("safetensors.numpy")
-    module = make_module("mlp", N=4, D=6, H=3, seed=7)
+    module = make_module("mlp_encoder", N=4, D=6, H=3, seed=7)
     module.config.save_pretrained(tmp_path)
     ckpt = tmp_path / "w.safetensors"
     safetensors.save_file(module.state_dict(), str(ckpt))
     out = tmp_path / "m.onnx"
     assert cli_main(["export", "-o", str(out), "--config", str(tmp_path), "--checkpoint", str(ckpt)]) == 0
     # the config on disk says inference_mode=true (as PEFT writes it), the checkpoint has the heads
-    assert metadata(onnx.load(out))["kind"] == "mlp"
+    assert metadata(onnx.load(out))["kind"] == "mlp_encoder"
     idx = np.tile(np.arange(4), (2, 1))
     assert_close("exported from files", run_model(out, {"indices": idx}), module.forward(idx),
                  tol.ONNX_PARITY[("float32", "cpu")])
@@ -226,7 +226,7 @@ def test_cli_config_and_checkpoint(tmp_path, capsys):
     out2 = tmp_path / "m2.onnx"
     assert cli_main(["export", "-o", str(out2), "--config", str(tmp_path), "--checkpoint",
                      str(tmp_path / "adapter_model.safetensors")]) == 0
-    assert metadata(onnx.load(out2))["kind"] == "embedding"
+    assert metadata(onnx.load(out2))["kind"] == "prompt_embedding"
     assert_close("adapter table", run_model(out2, {"indices": idx}), module.forward(idx), tol.REORDER_F32)
     assert cli_main(["export", "-o", str(tmp_path / "x.onnx"), "--config", str(tmp_path),
                      "--checkpoint", str(tmp_path / "w.bin")]) == 2  # .bin is read (without torch); this one is missing

@@ -53,7 +53,7 @@ def feeds(draw, module, variant: str, batch: int):
     """In-range inputs for a batch: PEFT's arange rows or random indices; MPT task ids of length B or 1."""
     spec = module_spec(module)
     T = spec.T
-    fixed = spec.kind == "mpt" or (spec.kind == "lstm" and variant == "folded")
+    fixed = spec.kind == "mpt" or (spec.kind == "lstm_encoder" and variant == "folded")
     tokens = T if fixed else draw(hs.dims(1, T + 2), label="tokens")
     out = {"indices": draw(hs.prompt_indices(batch, T, tokens))}
     if spec.kind == "mpt":

@@ -14,6 +14,8 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
+from mpt_ref.modules.kind import Kind
+
 Call = Callable[[], Any]
 
 
@@ -86,19 +88,13 @@ def ort_peers(module: Any, inputs: dict[str, np.ndarray], threads: int, peft_row
     peers = []
     for variant in ("faithful", "folded"):
         name = f"ort {variant}"
-        if variant == "folded" and not peft_rows and _kind(module) in ("mpt", "lstm"):
+        if variant == "folded" and not peft_rows and Kind.of(module) in (Kind.MPT, Kind.LSTM_ENCODER):
             peers.append(Peer(name, None, "folded MPT/LSTM graphs answer PEFT's arange rows only"))
             continue
         sess = _ort_session(onnx_export.export(module, variant=variant).SerializeToString(), threads)
         peers.append(Peer(name, lambda s=sess: s.run(None, inputs)))
     peers.append(_torch_export_peer(module, inputs, threads))
     return peers
-
-
-def _kind(module: Any) -> str:
-    from onnx_export._spec import module_spec
-
-    return module_spec(module).kind
 
 
 def _torch_export_peer(module: Any, inputs: dict[str, np.ndarray], threads: int) -> Peer:

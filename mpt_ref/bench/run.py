@@ -23,6 +23,7 @@ import numpy as np
 from mpt_ref._version import __version__
 from mpt_ref.bench.peers import Peer, numpy_peers, ort_peers, torch_peers
 from mpt_ref.modules.config import MultitaskPromptTuningConfig, PromptEncoderConfig
+from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 
@@ -46,15 +47,16 @@ def _encoder(kind: str, T: int, D: int, H: int, L: int = 2) -> Callable[[], Any]
 
 
 FULL = {
-    "mpt": [Case(f"MPT B32 T100 D{D} K8 R{R}", _mpt(D, R), 32) for D in (768, 4096) for R in (1, 8)],
-    "mlp": [Case("MLP B32 T20 D=H=768", _encoder("MLP", 20, 768, 768), 32)],
-    "lstm": [Case("LSTM B32 T20 D=H=768 L2", _encoder("LSTM", 20, 768, 768), 32)],
+    Kind.MPT: [Case(f"MPT B32 T100 D{D} K8 R{R}", _mpt(D, R), 32) for D in (768, 4096) for R in (1, 8)],
+    Kind.MLP_ENCODER: [Case("MLP B32 T20 D=H=768", _encoder("MLP", 20, 768, 768), 32)],
+    Kind.LSTM_ENCODER: [Case("LSTM B32 T20 D=H=768 L2", _encoder("LSTM", 20, 768, 768), 32)],
 }
 QUICK = {
-    "mpt": [Case("MPT B4 T8 D16 K3 R2", _mpt(16, 2, T=8, K=3), 4)],
-    "mlp": [Case("MLP B4 T5 D=H=8", _encoder("MLP", 5, 8, 8), 4)],
-    "lstm": [Case("LSTM B4 T5 D=H=8 L2", _encoder("LSTM", 5, 8, 8), 4)],
+    Kind.MPT: [Case("MPT B4 T8 D16 K3 R2", _mpt(16, 2, T=8, K=3), 4)],
+    Kind.MLP_ENCODER: [Case("MLP B4 T5 D=H=8", _encoder("MLP", 5, 8, 8), 4)],
+    Kind.LSTM_ENCODER: [Case("LSTM B4 T5 D=H=8 L2", _encoder("LSTM", 5, 8, 8), 4)],
 }
+MODULES = tuple(FULL)  # the kinds the bench times
 SWEEP = [(B, D) for B in (8, 32, 128) for D in (768, 4096)]  # MPT T100 K8 R8, NumPy fwd+bwd
 
 
@@ -128,13 +130,13 @@ def run(modules: list[str], *, quick: bool = False, threads: int = 2, repeats: i
         "date": time.strftime("%Y-%m-%d"), "results": [], "sweep": [],
     }
     for mod in modules:
-        for case in cases[mod]:
+        for case in cases[Kind.parse(mod)]:
             for peft_rows in (True, False):
                 result = run_case(case, peft_rows=peft_rows, threads=threads, repeats=repeats, warmup=warmup,
                                   progress=progress)
                 result["ratios"] = ratios(result)
                 report["results"].append(result)
-    if sweep and "mpt" in modules:
+    if sweep and Kind.MPT in modules:
         for B, D in ([(2, 8), (4, 16)] if quick else SWEEP):
             module = _mpt(D, 2 if quick else 8, T=8 if quick else 100)()
             inputs, dout = inputs_for(module, B, peft_rows=False)

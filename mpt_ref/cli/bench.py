@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from mpt_ref.bench.run import format_table, run, to_json
+from mpt_ref.bench.run import MODULES, format_table, run, to_json
 from mpt_ref.io.atomic import atomic_write_bytes
-
-MODULES = ("mpt", "mlp", "lstm")
+from mpt_ref.modules.kind import Kind
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -27,7 +26,8 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time the NumPy reference against PEFT-torch and onnxruntime")
-    p.add_argument("--only", choices=MODULES, help="one module family (default: all)")
+    p.add_argument("--only", type=Kind.parse, choices=MODULES, metavar="KIND",
+                   help=f"one module kind, of {', '.join(MODULES)} (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     p.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime (default 2)")
     p.add_argument("--repeats", type=int, default=7, help="timed runs per peer (default 7)")

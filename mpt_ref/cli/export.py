@@ -24,6 +24,7 @@ from typing import Any
 from mpt_ref.errors import InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
+from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 from onnx_export.exporter import DTYPES, export
 from onnx_export.parity import check_parity
@@ -60,7 +61,9 @@ def _module_args(p: argparse.ArgumentParser) -> None:
                    help="with ADAPTER_DIR, P-tuning: the full encoder from mpt_ref_encoder.safetensors")
     p.add_argument("--config", help="adapter_config.json (or its directory); default: the built-in --kind config")
     p.add_argument("--checkpoint", help="state dict under PEFT keys (.safetensors, or a torch .bin read without torch); default: seeded init")
-    p.add_argument("--kind", choices=sorted(DEFAULT_CONFIGS), default="mpt", help="built-in config when no --config")
+    p.add_argument("--kind", type=Kind.parse, choices=list(DEFAULT_CONFIGS), default=Kind.MPT, metavar="KIND",
+                   help=f"built-in config when no --config, of {', '.join(DEFAULT_CONFIGS)} "
+                        "(0.1 names prompt-tuning, mlp, lstm are accepted)")
     p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
     p.add_argument("--batch", type=int, default=3, help="batch size of the parity inputs (default 3)")

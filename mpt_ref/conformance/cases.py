@@ -17,22 +17,23 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from mpt_ref.modules.config import config_from_dict
+from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 
-MODULES = {
-    "prompt_embedding": PromptEmbedding,
-    "mpt": MultitaskPromptEmbedding,
-    "mlp_encoder": PromptEncoder,
-    "lstm_encoder": PromptEncoder,
+MODULE_CLASSES = {
+    Kind.PROMPT_EMBEDDING: PromptEmbedding,
+    Kind.MPT: MultitaskPromptEmbedding,
+    Kind.MLP_ENCODER: PromptEncoder,
+    Kind.LSTM_ENCODER: PromptEncoder,
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class CaseSpec:
     name: str
-    module: str                      # a key of MODULES
+    module: Kind                     # given as its value, e.g. "mpt"
     config: dict[str, Any]           # adapter_config.json form
     description: str
     seed: int = 0
@@ -43,6 +44,7 @@ class CaseSpec:
     source_tasks: int = 0            # MPT source inits: tasks in the generated source checkpoint
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "module", Kind.parse(self.module))
         if self.task_ids is not None and len(self.task_ids) not in (self.batch, 1):
             raise ValueError(f"{self.name}: task_ids length {len(self.task_ids)} is neither batch={self.batch} nor 1")
 
@@ -133,14 +135,14 @@ def source_tensors(spec: CaseSpec) -> dict[str, np.ndarray]:
     }
 
 
-def build_module(spec: CaseSpec) -> Any:
+def build_case_module(spec: CaseSpec) -> Any:
     config = dict(spec.config)
     with tempfile.TemporaryDirectory() as tmp:
         if spec.source_tasks:
             path = Path(tmp) / config["prompt_tuning_init_state_dict_path"]
             save_file(source_tensors(spec), str(path))
             config["prompt_tuning_init_state_dict_path"] = str(path)
-        module = MODULES[spec.module](config_from_dict(config), seed=spec.seed, dtype=np.dtype(spec.dtype))
+        module = MODULE_CLASSES[spec.module](config_from_dict(config), seed=spec.seed, dtype=np.dtype(spec.dtype))
     if spec.source_tasks:  # the config names the source as the case directory has it, not the temp copy
         module.config = dataclasses.replace(module.config, **_SOURCE)
     return module.eval() if isinstance(module, PromptEncoder) else module
@@ -155,7 +157,7 @@ def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np
     else:
         indices = rng.integers(0, T, size=(B, T), dtype=np.int64)
     inputs = {"indices": indices}
-    if spec.module == "mpt":
+    if spec.module == Kind.MPT:
         tasks = spec.task_ids if spec.task_ids is not None else rng.integers(0, module.num_tasks, size=B)
         inputs["task_ids"] = np.asarray(tasks, dtype=np.int64)
     grad_output = rng.standard_normal((B, T, D)).astype(spec.dtype)
@@ -164,7 +166,7 @@ def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np
 
 def run_reference(spec: CaseSpec) -> dict[str, Any]:
     """Everything a vector holds: params, inputs, grad_output, output and parameter gradients."""
-    module = build_module(spec)
+    module = build_case_module(spec)
     inputs, grad_output = build_inputs(spec, module)
     return {
         "params": module.state_dict(),

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from mpt_ref import errors
-from mpt_ref.conformance.cases import MODULES
+from mpt_ref.conformance.cases import MODULE_CLASSES
 from mpt_ref.modules.config import config_from_dict
+from mpt_ref.modules.kind import Kind
 
 _MPT = {"peft_type": "MULTITASK_PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 3, "num_tasks": 2}
 _PT = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 3}
@@ -62,7 +63,7 @@ def check_error_case(case: dict[str, Any]) -> BaseException | None:
         config = config_from_dict(case["config"])
         if case["call"] == "config":
             return None
-        module = MODULES[case["module"]](config, seed=0, dtype=np.float64)
+        module = MODULE_CLASSES[Kind.parse(case["module"])](config, seed=0, dtype=np.float64)
         args = {k: (np.asarray(v, dtype=np.float64) if k == "grad_output" else v) for k, v in case["args"].items()}
         if case["call"] == "forward":
             module.forward(**args)

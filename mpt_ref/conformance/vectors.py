@@ -79,9 +79,9 @@ def onnx_backend_files(spec: CaseSpec, ref: dict) -> dict[str, bytes]:
     from onnx import numpy_helper
 
     import onnx_export
-    from mpt_ref.conformance.cases import build_module
+    from mpt_ref.conformance.cases import build_case_module
 
-    model = onnx_export.export(build_module(spec), variant="faithful", dtype="float32")
+    model = onnx_export.export(build_case_module(spec), variant="faithful", dtype="float32")
     inputs = [("indices", ref["inputs"]["indices"])]
     if "task_ids" in ref["inputs"]:
         inputs.append(("task_ids", ref["inputs"]["task_ids"]))

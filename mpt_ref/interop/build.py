@@ -16,17 +16,18 @@ from mpt_ref.modules.config import (
     TaskType,
     load_config,
 )
+from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 
 DEFAULT_CONFIGS = {
-    "prompt-tuning": lambda: PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32),
-    "mpt": lambda: MultitaskPromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+    Kind.PROMPT_EMBEDDING: lambda: PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32),
+    Kind.MPT: lambda: MultitaskPromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
                                                num_tasks=3, num_ranks=2),
-    "mlp": lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+    Kind.MLP_ENCODER: lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
                                        encoder_hidden_size=16),
-    "lstm": lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
+    Kind.LSTM_ENCODER: lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=10, token_dim=32,
                                         encoder_hidden_size=16, encoder_reparameterization_type="LSTM",
                                         encoder_num_layers=2),
 }
@@ -41,9 +42,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return tensors
 
 
-def build_module(config_path: str | None, checkpoint: str | None, kind: str, seed: int) -> Any:
+def build_module(config_path: str | None, checkpoint: str | None, kind: Kind | str, seed: int) -> Any:
     """The module the command exports / checks (see the module docstring)."""
-    config = load_config(config_path) if config_path else DEFAULT_CONFIGS[kind]()
+    config = load_config(config_path) if config_path else DEFAULT_CONFIGS[Kind.parse(kind)]()
     state = read_checkpoint(checkpoint) if checkpoint else None
     if isinstance(config, PromptEncoderConfig):
         # PEFT writes inference_mode=true into every saved config, so the flag says nothing here: the

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 from hypothesis import Phase, given, note, settings
 
+from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder
@@ -30,16 +31,16 @@ Forward = Callable[..., np.ndarray]               # (params, **inputs) -> output
 Backward = Callable[..., dict[str, np.ndarray]]   # (params, grad_output, **inputs) -> grads
 
 CASE_STRATEGIES = {
-    "prompt_embedding": (hs.prompt_embedding_cases, PromptEmbedding),
-    "mpt": (hs.mpt_cases, MultitaskPromptEmbedding),
-    "mlp_encoder": (hs.mlp_encoder_cases, PromptEncoder),
-    "lstm_encoder": (hs.lstm_encoder_cases, PromptEncoder),
+    Kind.PROMPT_EMBEDDING: (hs.prompt_embedding_cases, PromptEmbedding),
+    Kind.MPT: (hs.mpt_cases, MultitaskPromptEmbedding),
+    Kind.MLP_ENCODER: (hs.mlp_encoder_cases, PromptEncoder),
+    Kind.LSTM_ENCODER: (hs.lstm_encoder_cases, PromptEncoder),
 }
 
 
 def reference_module(module: str, case: hs.Case, dtype: Any) -> Any:
     """The mpt-ref module of kind ``module`` holding ``case.params`` (eval mode for encoders)."""
-    cls = CASE_STRATEGIES[module][1]
+    cls = CASE_STRATEGIES[Kind.parse(module)][1]
     ref = cls(case.config, dtype=dtype)
     ref.load_state_dict(case.params)
     return ref.eval() if isinstance(ref, PromptEncoder) else ref
@@ -63,8 +64,7 @@ def assert_conforms(
     tol defaults to the conformance-vector tolerance for ``dtype`` (mpt_ref.tolerances.VECTORS).
     shrink=False reports the first failing case as found (faster; the minimal case is easier to read).
     """
-    if module not in CASE_STRATEGIES:
-        raise ValueError(f"module: expected one of {sorted(CASE_STRATEGIES)}, got {module!r}")
+    module = Kind.parse(module)
     dtype = np.dtype(dtype)
     tol = tol or VECTORS[dtype.name]
     strategy = CASE_STRATEGIES[module][0](dtype=dtype)
