@@ -9,7 +9,7 @@ what was expected and what was given.
     ├── CheckpointError    (ValueError)  unreadable, hostile or mismatched checkpoint / state dict
     ├── OutputExistsError  (FileExistsError) refusing to overwrite an output without overwrite=True
     └── InputError         (ValueError)  bad call arguments: None, wrong rank or length
-        ├── InputTypeError (TypeError)   wrong dtype (float indices, bool ids, int grad_output, ...)
+        ├── InputTypeError (TypeError)   wrong dtype (float indices, bool ids, int dout, ...)
         └── IndexRangeError(IndexError)  indices or task ids outside their valid range
 """
 

@@ -111,7 +111,7 @@ def test_float32_contract_and_agreement_with_float64(case):
 
 
 @given(hs.mpt_cases(), st.floats(-3, 3), st.data())
-def test_backward_is_linear_in_grad_output(case, alpha, data):
+def test_backward_is_linear_in_dout(case, alpha, data):
     module = module_for(case)
     other = data.draw(hs.finite_arrays(case.dout.shape), label="dout2")
     combined = module.backward(alpha * case.dout + other, **case.inputs)
@@ -234,7 +234,7 @@ def test_bad_indices_raise(indices, exc, match):
         (np.zeros((2, 2, 2), np.int64), mpt_ref.InputTypeError, "float64"),
     ],
 )
-def test_bad_grad_output_raises(dout, exc, match):
+def test_bad_dout_raises(dout, exc, match):
     with pytest.raises(exc, match=match):
         module_for(HAND).backward(dout, **HAND.inputs)
 

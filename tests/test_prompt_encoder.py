@@ -136,7 +136,7 @@ def test_class_fast_path_equals_plain_functional_core(case, repeat_rows):
 
 
 @given(encoder_cases(), st.floats(-3, 3), st.data())
-def test_backward_is_linear_in_grad_output(case, alpha, data):
+def test_backward_is_linear_in_dout(case, alpha, data):
     module = module_for(case)
     idx = case.inputs["indices"]
     other = data.draw(hs.finite_arrays(case.dout.shape), label="dout2")
@@ -460,7 +460,7 @@ def test_bad_indices_raise(indices, exc, match, kind):
         (None, mpt_ref.InputError, "got None"),
     ],
 )
-def test_bad_grad_output_raises(dout, exc, match):
+def test_bad_dout_raises(dout, exc, match):
     module = mpt_ref.PromptEncoder(LSTM_DROPOUT).eval()
     with pytest.raises(exc, match=match):
         module.backward(dout, IDX)

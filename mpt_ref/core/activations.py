@@ -3,9 +3,9 @@
 Every backward takes the upstream gradient and the forward output y (not the input), because that is
 what the callers keep in their caches:
 
-    relu:    y = max(x, 0)            dx = dy ⊙ [y > 0]      (zero at x = 0, torch's convention)
-    sigmoid: y = 1 / (1 + e^{-x})     dx = dy ⊙ y ⊙ (1 − y)
-    tanh:    y = tanh(x)              dx = dy ⊙ (1 − y²)
+    relu:    y = max(x, 0)            dx = dout ⊙ [y > 0]      (zero at x = 0, torch's convention)
+    sigmoid: y = 1 / (1 + e^{-x})     dx = dout ⊙ y ⊙ (1 − y)
+    tanh:    y = tanh(x)              dx = dout ⊙ (1 − y²)
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ def relu(x: Array) -> Array:
     return np.maximum(x, 0)
 
 
-def relu_backward(dy: Array, y: Array) -> Array:
+def relu_backward(dout: Array, y: Array) -> Array:
     """y > 0 exactly where x > 0, so the saved output decides the mask."""
-    return dy * (y > 0)
+    return dout * (y > 0)
 
 
 def sigmoid(x: Array) -> Array:
@@ -30,13 +30,13 @@ def sigmoid(x: Array) -> Array:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
-def sigmoid_backward(dy: Array, y: Array) -> Array:
-    return dy * y * (1 - y)
+def sigmoid_backward(dout: Array, y: Array) -> Array:
+    return dout * y * (1 - y)
 
 
 def tanh(x: Array) -> Array:
     return np.tanh(x)
 
 
-def tanh_backward(dy: Array, y: Array) -> Array:
-    return dy * (1 - y * y)
+def tanh_backward(dout: Array, y: Array) -> Array:
+    return dout * (1 - y * y)

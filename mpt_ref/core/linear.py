@@ -23,14 +23,14 @@ def linear_forward(x: Array, weight: Array, bias: Array) -> tuple[Array, LinearC
     return y, LinearCache(x, weight)
 
 
-def linear_backward(dy: Array, cache: LinearCache) -> tuple[Array, Array, Array]:
-    """dy (..., O) -> dx (..., I), dweight (O, I), dbias (O,), in forward-argument order."""
+def linear_backward(dout: Array, cache: LinearCache) -> tuple[Array, Array, Array]:
+    """dout (..., O) -> dx (..., I), dweight (O, I), dbias (O,), in forward-argument order."""
     x, weight = cache
     O, I = weight.shape
-    dy2, x2 = dy.reshape(-1, O), x.reshape(-1, I)  # N,O ; N,I  with N = product of leading axes
-    dx = dy @ weight  # ...,I
-    dweight = dy2.T @ x2  # O,I
-    dbias = dy2.sum(axis=0)  # O
+    dout2, x2 = dout.reshape(-1, O), x.reshape(-1, I)  # N,O ; N,I  with N = product of leading axes
+    dx = dout @ weight  # ...,I
+    dweight = dout2.T @ x2  # O,I
+    dbias = dout2.sum(axis=0)  # O
     return dx, dweight, dbias
 
 

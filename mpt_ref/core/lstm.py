@@ -60,22 +60,22 @@ def lstm_forward(
     return (y[:, ::-1] if reverse else y), cache
 
 
-def lstm_backward(dy: Array, cache: LSTMCache) -> tuple[Array, Array, Array, Array, Array]:
-    """dy (B, T, H) -> dx (B, T, I), dw_ih (4H, I), dw_hh (4H, H), db_ih (4H,), db_hh (4H,).
+def lstm_backward(dout: Array, cache: LSTMCache) -> tuple[Array, Array, Array, Array, Array]:
+    """dout (B, T, H) -> dx (B, T, I), dw_ih (4H, I), dw_hh (4H, H), db_ih (4H,), db_hh (4H,).
 
     Walks the steps in reverse processing order, carrying dh (into h[t-1] through w_hh) and dc (into
     c[t-1] through the forget gate). db_ih and db_hh are equal: both biases enter z the same way.
     """
     x, gates, c, tanh_c, h, w_ih, w_hh, reverse = cache
     if reverse:
-        dy = dy[:, ::-1]  # B,T,H  into processing order
-    B, T, H = dy.shape
+        dout = dout[:, ::-1]  # B,T,H  into processing order
+    B, T, H = dout.shape
     dz = np.empty_like(gates)  # B,T,4H  gradient of the pre-activations z
-    dh_next = np.zeros((B, H), dtype=dy.dtype)  # from step t+1 through w_hh
-    dc_next = np.zeros((B, H), dtype=dy.dtype)  # from step t+1 through the forget gate
+    dh_next = np.zeros((B, H), dtype=dout.dtype)  # from step t+1 through w_hh
+    dc_next = np.zeros((B, H), dtype=dout.dtype)  # from step t+1 through the forget gate
     for t in reversed(range(T)):
         i, f, g, o = (gates[:, t, k * H : (k + 1) * H] for k in range(4))  # B,H each
-        dh = dy[:, t] + dh_next  # B,H
+        dh = dout[:, t] + dh_next  # B,H
         dc = dc_next + tanh_backward(dh * o, tanh_c[:, t])  # B,H
         dz[:, t, :H] = sigmoid_backward(dc * g, i)
         dz[:, t, H : 2 * H] = sigmoid_backward(dc * c[:, t], f)

@@ -56,21 +56,21 @@ def lstm_stack_forward(
     return x, LSTMStackCache(tuple(caches), scales)
 
 
-def lstm_stack_backward(dy: Array, cache: LSTMStackCache) -> tuple[Array, Params]:
-    """dy (B, T, 2H) -> dx (B, T, D), grads keyed like the stack's params (PEFT order)."""
+def lstm_stack_backward(dout: Array, cache: LSTMStackCache) -> tuple[Array, Params]:
+    """dout (B, T, 2H) -> dx (B, T, D), grads keyed like the stack's params (PEFT order)."""
     grads: Params = {}
     num_layers = len(cache.layers)
     for k in reversed(range(num_layers)):
         if cache.dropout_scales and k < num_layers - 1:
-            dy = dy * cache.dropout_scales[k]  # B,T,2H
-        H = dy.shape[-1] // 2
+            dout = dout * cache.dropout_scales[k]  # B,T,2H
+        H = dout.shape[-1] // 2
         cache_fwd, cache_rev = cache.layers[k]
-        dx_fwd, *dparams_fwd = lstm_backward(dy[..., :H], cache_fwd)  # B,T,I
-        dx_rev, *dparams_rev = lstm_backward(dy[..., H:], cache_rev)  # B,T,I
+        dx_fwd, *dparams_fwd = lstm_backward(dout[..., :H], cache_fwd)  # B,T,I
+        dx_rev, *dparams_rev = lstm_backward(dout[..., H:], cache_rev)  # B,T,I
         grads.update(zip(direction_keys(k, ""), dparams_fwd))
         grads.update(zip(direction_keys(k, "_reverse"), dparams_rev))
-        dy = dx_fwd + dx_rev  # B,T,I  both directions read the same input
-    return dy, {key: grads[key] for key in lstm_keys(num_layers)}
+        dout = dx_fwd + dx_rev  # B,T,I  both directions read the same input
+    return dout, {key: grads[key] for key in lstm_keys(num_layers)}
 
 
 def init_lstm_stack(rng: np.random.Generator, input_size: int, hidden: int, num_layers: int, dtype: np.dtype) -> Params:

@@ -50,14 +50,14 @@ def mlp_head_forward(params: Params, x: Array, *, num_linear: int) -> tuple[Arra
 def mlp_head_backward(dout: Array, cache: HeadCache) -> tuple[Array, Params]:
     """dout (B, T, O) -> dx (B, T, I), grads keyed like the head's params (PEFT order)."""
     grads: Params = {}
-    dy = dout
+    dx = dout  # B,T,width: gradient at Linear j's output, then (after the step) at its input
     for j in reversed(range(len(cache.linears))):
-        dy, grads[f"mlp_head.{2 * j}.weight"], grads[f"mlp_head.{2 * j}.bias"] = linear_backward(
-            dy, cache.linears[j]
+        dx, grads[f"mlp_head.{2 * j}.weight"], grads[f"mlp_head.{2 * j}.bias"] = linear_backward(
+            dx, cache.linears[j]
         )
         if j > 0:
-            dy = relu_backward(dy, cache.linears[j].x)  # the ReLU output is Linear j's input
-    return dy, {k: grads[k] for k in head_keys(len(cache.linears))}
+            dx = relu_backward(dx, cache.linears[j].x)  # the ReLU output is Linear j's input
+    return dx, {k: grads[k] for k in head_keys(len(cache.linears))}
 
 
 def init_mlp_head(rng: np.random.Generator, widths: Sequence[int], dtype: np.dtype) -> Params:

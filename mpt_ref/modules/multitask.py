@@ -61,16 +61,16 @@ class MultitaskPromptEmbedding(Module):
         out, _ = mpt_forward(self._params, *self._inputs(indices, task_ids))
         return out
 
-    def backward(self, grad_output: Any, indices: Any, task_ids: Any) -> Params:
-        """Gradient of sum(forward(indices, task_ids) * grad_output), keyed like ``state_dict()``."""
+    def backward(self, dout: Any, indices: Any, task_ids: Any) -> Params:
+        """Gradient of sum(forward(indices, task_ids) * dout), keyed like ``state_dict()``."""
         ids, tasks = self._inputs(indices, task_ids)
-        dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
+        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
         return mpt_backward(dout, mpt_cache(self._params, ids, tasks))
 
-    def forward_backward(self, grad_output: Any, indices: Any, task_ids: Any) -> tuple[Array, Params]:
-        """(forward(indices, task_ids), backward(grad_output, ...)) from a single forward pass."""
+    def forward_backward(self, dout: Any, indices: Any, task_ids: Any) -> tuple[Array, Params]:
+        """(forward(indices, task_ids), backward(dout, ...)) from a single forward pass."""
         ids, tasks = self._inputs(indices, task_ids)
-        dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
+        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
         out, cache = mpt_forward(self._params, ids, tasks)
         return out, mpt_backward(dout, cache)
 

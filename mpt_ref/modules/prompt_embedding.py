@@ -64,17 +64,17 @@ class PromptEmbedding(Module):
         out, _ = embedding_forward(self._params["embedding.weight"], self._indices(indices))
         return out
 
-    def backward(self, grad_output: Any, indices: Any) -> Params:
-        """Gradient of sum(forward(indices) * grad_output) -> {"embedding.weight": (T, D)}."""
+    def backward(self, dout: Any, indices: Any) -> Params:
+        """Gradient of sum(forward(indices) * dout) -> {"embedding.weight": (T, D)}."""
         ids = self._indices(indices)
-        dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
+        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
         _, cache = embedding_forward(self._params["embedding.weight"], ids)
         return {"embedding.weight": embedding_backward(dout, cache)}
 
-    def forward_backward(self, grad_output: Any, indices: Any) -> tuple[Array, Params]:
-        """(forward(indices), backward(grad_output, indices)) from a single forward pass."""
+    def forward_backward(self, dout: Any, indices: Any) -> tuple[Array, Params]:
+        """(forward(indices), backward(dout, indices)) from a single forward pass."""
         ids = self._indices(indices)
-        dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
+        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
         out, cache = embedding_forward(self._params["embedding.weight"], ids)
         return out, {"embedding.weight": embedding_backward(dout, cache)}
 

@@ -194,16 +194,16 @@ class PromptEncoder(Module):
         ids = _checks.indices(indices, self.total_virtual_tokens)
         return self._run(ids, dropout_masks, draw=True)[0]
 
-    def backward(self, grad_output: Any, indices: Any, *, dropout_masks: Sequence[Any] | None = None) -> Params:
-        """Gradient of sum(forward(indices, dropout_masks=...) * grad_output), keyed like ``state_dict()``."""
-        return self.forward_backward(grad_output, indices, dropout_masks=dropout_masks)[1]
+    def backward(self, dout: Any, indices: Any, *, dropout_masks: Sequence[Any] | None = None) -> Params:
+        """Gradient of sum(forward(indices, dropout_masks=...) * dout), keyed like ``state_dict()``."""
+        return self.forward_backward(dout, indices, dropout_masks=dropout_masks)[1]
 
-    def forward_backward(self, grad_output: Any, indices: Any, *,
+    def forward_backward(self, dout: Any, indices: Any, *,
                          dropout_masks: Sequence[Any] | None = None) -> tuple[Array, Params]:
         """(forward, backward) from a single forward pass; in train mode with dropout the masks must be
         given (the same ones a separate forward would have used)."""
         ids = _checks.indices(indices, self.total_virtual_tokens)
-        dout = _checks.float_array("grad_output", grad_output, ids.shape + (self.token_dim,), self.dtype)
+        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
         out, cache = self._run(ids, dropout_masks, draw=False)
         if self.inference_mode:
             return out, {"embedding.weight": embedding_backward(dout, cache)}
