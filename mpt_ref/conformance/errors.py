@@ -41,7 +41,7 @@ ERROR_CASES: tuple[dict[str, Any], ...] = (
     _e("indices_wrong_T", "mpt", _MPT, "forward", {"indices": [[0, 1, 1]], "task_ids": [0]}, errors.InputError),
     _e("indices_float", "prompt_embedding", _PT, "forward", {"indices": [[0.0, 1.0]]}, errors.InputTypeError),
     _e("indices_out_of_range_pt", "prompt_embedding", _PT, "forward", {"indices": [[2]]}, errors.IndexRangeError),
-    _e("dout_wrong_shape", "mpt", _MPT, "backward",
+    _e("grad_output_wrong_shape", "mpt", _MPT, "backward",
        {"grad_output": np.zeros((2, 2, 4)).tolist(), "indices": _ARANGE, "task_ids": [0, 1]}, errors.InputError),
     _e("config_unknown_init", "mpt", {**_MPT, "prompt_tuning_init": "FANCY"}, "config", {}, errors.ConfigError),
     _e("config_num_tasks_zero", "mpt", {**_MPT, "num_tasks": 0}, "config", {}, errors.ConfigError),
