@@ -13,6 +13,15 @@ class Tol(NamedTuple):
     atol: float
     reason: str
 
+    def scaled(self, scale: float) -> Tol:
+        """This tolerance with atol per unit of ``scale`` (the magnitude of the compared values), for the
+        entries below whose reason says "scaled": rounding error grows with the terms, not the result."""
+        return self._replace(atol=self.atol * scale)
+
+
+# Identical arithmetic on both sides (a refactored path that must not change a single operation).
+EXACT = Tol(0.0, 0.0, "identical arithmetic: bit for bit")
+
 
 # Central differences of a function that is linear in each single parameter entry (embedding, MPT,
 # the last Linear): truncation error is zero, what remains is rounding, ~eps*|L|/h with h=1e-6.
@@ -76,3 +85,8 @@ F32_ENCODER_GRADS = Tol(1e-5, 1e-4, "float32 BPTT gradients: per-step rounding a
 # The same float64 sums regrouped (the encoder's distinct-work fast path sums dout per token or per row
 # group before the backward): error ~ eps · Σ|terms| with |terms| up to ~10 here, so 1e-12 absolute.
 REGROUPED_SUMS_F64 = Tol(1e-10, 1e-12, "float64, batch sums regrouped before the backward")
+
+# Linearity of every backward in dout, in float64: backward(α·a + b) against α·backward(a) + backward(b).
+# Both sides round each product and sum once more or less, so the difference is a few ulp of the
+# larger side: atol is applied per unit of max|α·backward(a)| + max|backward(b)| + 1 (testing/properties.py).
+LINEARITY_F64 = Tol(0.0, 1e-12, "float64 linearity in dout: a few ulp of the larger side")

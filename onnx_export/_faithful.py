@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from mpt_ref.modules.kind import Kind
+from onnx import TensorProto
+
 from onnx_export import _layout
 from onnx_export._graph import GraphBuilder
 from onnx_export._guards import nan_padded, redirect, task_rows, valid_ids
@@ -35,9 +37,9 @@ def nan_where_invalid(g: GraphBuilder, out: str, valid: str, *, whole_row: bool)
     """Where(valid, out, NaN): out (B, T', D); valid (B, T') per position, or reduced over T' to
     whole rows when ``whole_row`` (an LSTM output depends on every position of its row)."""
     if whole_row:
-        valid_i32 = g.node("Cast", [valid], "valid_i32", to=6)  # INT32
+        valid_i32 = g.node("Cast", [valid], "valid_i32", to=TensorProto.INT32)
         valid = g.node("Cast", [g.node("ReduceMin", [valid_i32, g.int_const("token_axis", [1])], "row_valid_i32",
-                                       keepdims=1)], "row_valid", to=9)  # B,1  BOOL
+                                       keepdims=1)], "row_valid", to=TensorProto.BOOL)  # B,1
     mask = g.node("Unsqueeze", [valid, g.int_const("last_axis", [2])], "valid_mask")  # B,T',1 or B,1,1
     nan = g.weight("nan", np.array(np.nan))
     return g.node("Where", [mask, out, nan], "nan_where_invalid")

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnx import TensorProto
+
 from onnx_export._graph import GraphBuilder
 
 
@@ -52,6 +54,6 @@ def rows_are_arange(g: GraphBuilder, indices: str, tokens: int) -> str:
     """bool (B,): row b of indices (B, T) equals arange(T) — PEFT's prompt_tokens."""
     arange = g.int_const("arange_T", np.arange(tokens))
     equal = g.node("Cast", [g.node("Equal", [indices, arange], "indices_eq_arange")], "indices_eq_arange_i32",
-                   to=6)  # INT32
+                   to=TensorProto.INT32)
     row_min = g.node("ReduceMin", [equal, g.int_const("token_axis", [1])], "row_is_arange_i32", keepdims=0)
-    return g.node("Cast", [row_min], "row_is_arange", to=9)  # BOOL
+    return g.node("Cast", [row_min], "row_is_arange", to=TensorProto.BOOL)

@@ -112,12 +112,12 @@ def test_float32_matches_peft_native_dtype(case):
     out = theirs(torch.from_numpy(idx))
     want = out.detach().numpy()
     scale = float(np.abs(want).max(initial=0)) + 1
-    f32 = tol.Tol(tol.F32_ENCODER.rtol, tol.F32_ENCODER.atol * scale, tol.F32_ENCODER.reason)
+    f32 = tol.F32_ENCODER.scaled(scale)
     assert_close("out", ref.forward(idx), want, f32)
     grads, want_grads = ref.backward(case.dout, idx), peft_grads(theirs, out, case.dout)
     for k in grads:
         g_scale = float(np.abs(want_grads[k]).max(initial=0)) + 1
-        g_tol = tol.Tol(tol.F32_ENCODER_GRADS.rtol, tol.F32_ENCODER_GRADS.atol * g_scale, tol.F32_ENCODER_GRADS.reason)
+        g_tol = tol.F32_ENCODER_GRADS.scaled(g_scale)
         assert_close(k, grads[k], want_grads[k], g_tol)
 
 

@@ -52,7 +52,7 @@ def load_into_peft(peft_module, state):
 def test_mpt_forward_and_gradients_match_peft_float64(case):
     ref = mpt_ref.MultitaskPromptEmbedding(case.config, dtype=np.float64)
     ref.load_state_dict(case.params)
-    T, D = case.config.total_virtual_tokens, case.config.token_dim
+    D = case.config.token_dim
     theirs = load_into_peft(PeftMPT(peft_config(case.config), torch.nn.Embedding(3, D)).double(), case.params)
     idx, tasks = case.inputs["indices"], case.inputs["task_ids"]
     out = theirs(torch.from_numpy(idx), torch.from_numpy(tasks))

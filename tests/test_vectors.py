@@ -14,7 +14,6 @@ import mpt_ref
 import mpt_ref.cli
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.cases import CASES
-from mpt_ref.conformance.errors import ERROR_CASES, check_error_case
 from mpt_ref.testing.assertions import assert_close
 
 VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors"
@@ -118,18 +117,6 @@ def test_corrupted_vector_file_is_detected(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(mpt_ref.CheckpointError, match="sha256"):
         vec.read_case(copy, "mpt_k3_r2")
-
-
-@pytest.mark.parametrize("case", ERROR_CASES, ids=[c["name"] for c in ERROR_CASES])
-def test_error_contract_entries_hold_for_the_reference(case):
-    exc = check_error_case(case)
-    assert type(exc).__name__ == case["error"], exc
-    assert isinstance(exc, getattr(__import__("builtins"), case["builtin"]))
-
-
-def test_committed_error_contract_is_current():
-    on_disk = json.loads((VECTORS / "errors.json").read_text())
-    assert on_disk["cases"] == json.loads(json.dumps(list(ERROR_CASES)))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -69,27 +69,27 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=3, help="batch size of the parity inputs (default 3)")
 
 
-def _report(model: Any, module: Any, args: argparse.Namespace) -> int:
-    report = check_parity(model, module, providers=_providers(args.providers), batch=args.batch, seed=args.seed)
+def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace) -> int:
+    report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed)
     print(report.format())
     return 0 if report.ok else 1
 
 
 def _export(args: argparse.Namespace) -> int:
     providers = _providers(args.providers)  # refuse a bad list before writing anything
-    del providers
     module = module_from_args(args)
     model = export(module, args.output, variant=args.variant, dtype=args.dtype, overwrite=args.force)
     print(f"wrote {args.output} ({model.ByteSize()} bytes): {type(module).__name__}, variant={args.variant}, "
           f"dtype={args.dtype}")
-    return _report(model, module, args)
+    return _report(model, module, providers, args)
 
 
 def _parity(args: argparse.Namespace) -> int:
     if not Path(args.model).is_file():
         raise InputError(f"model: expected an existing .onnx file, got {args.model!r}")
+    providers = _providers(args.providers)
     module = module_from_args(args)
-    return _report(args.model, module, args)
+    return _report(args.model, module, providers, args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
