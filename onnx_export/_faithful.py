@@ -8,10 +8,9 @@ _guards.py. Shape letters: B batch, T' looked-up tokens, T rows of E, D, H, K, R
 from __future__ import annotations
 
 import numpy as np
-
-from mpt_ref.modules.kind import Kind
 from onnx import TensorProto
 
+from mpt_ref.modules.kind import Kind
 from onnx_export import _layout
 from onnx_export._graph import GraphBuilder
 from onnx_export._guards import nan_padded, redirect, task_rows, valid_ids

@@ -11,7 +11,6 @@ execution provider: what depends on an invalid id comes out NaN.
 from __future__ import annotations
 
 import numpy as np
-
 from onnx import TensorProto
 
 from onnx_export._graph import GraphBuilder

@@ -13,9 +13,8 @@ import numpy as np
 
 from mpt_ref._types import Array
 
-TORCH_GATES = "ifgo"
-ONNX_GATES = "iofc"
-# position in PyTorch's order of each ONNX gate block: i<-i, o<-o, f<-f, c<-g
+# gate blocks: PyTorch orders them i,f,g,o, ONNX i,o,f,c; the position in PyTorch's order of each ONNX
+# block: i<-i, o<-o, f<-f, c<-g
 _ONNX_FROM_TORCH = (0, 3, 1, 2)
 
 # layout 0 (the default) is time-major; PEFT's LSTM is batch-first (B, T, .)

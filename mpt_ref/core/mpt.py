@@ -17,8 +17,6 @@ import numpy as np
 from mpt_ref._types import Array, IntArray, Params
 from mpt_ref.core.embedding import EmbeddingCache, embedding_backward, embedding_forward
 
-KEYS = ("prefix_task_cols", "prefix_task_rows", "embedding.weight")  # PEFT state_dict order
-
 
 class MptCache(NamedTuple):
     x: Array                # B,T,D   E[indices]; 1,T,D when every row of indices is the same

@@ -23,7 +23,6 @@ from mpt_ref.modules.config import (
 )
 
 MPT_FACTOR_STD = 0.02  # PEFT: torch.normal(0, 0.02) for prefix_task_cols and prefix_task_rows
-SOURCE_KEYS = ("prompt_embeddings", "prefix_task_cols", "prefix_task_rows")  # PEFT adapter keys
 
 
 def normal(rng: np.random.Generator, shape: tuple[int, ...], std: float, dtype: np.dtype) -> Array:

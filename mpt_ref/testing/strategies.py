@@ -36,10 +36,6 @@ def dims(min_value: int = 1, max_value: int = 6) -> st.SearchStrategy[int]:
     return st.integers(min_value, max_value)
 
 
-def float_dtypes() -> st.SearchStrategy[np.dtype]:
-    return st.sampled_from([np.dtype(np.float32), np.dtype(np.float64)])
-
-
 def finite_arrays(shape: tuple[int, ...], dtype: Any = np.float64, max_abs: float = MAX_ABS) -> st.SearchStrategy[np.ndarray]:
     dtype = np.dtype(dtype)
     elements = st.floats(-max_abs, max_abs, width=dtype.itemsize * 8, allow_nan=False, allow_subnormal=False)

@@ -9,7 +9,6 @@ import numpy as np
 
 from mpt_ref._types import Array, Params
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
-from mpt_ref.modules.prompt_encoder import PromptEncoder
 from mpt_ref.train.base_model import BaseModel, base_backward, base_forward
 from mpt_ref.train.losses import cross_entropy, distillation_kl, mse
 from mpt_ref.train.optim import Adam
@@ -81,6 +80,3 @@ def accuracy(model: BaseModel, module: Any, batch: Batch) -> float:
 def trainable_count(module: Any) -> int:
     return int(sum(v.size for v in module.state_dict().values()))
 
-
-def is_encoder(module: Any) -> bool:
-    return isinstance(module, PromptEncoder)
