@@ -76,14 +76,15 @@ def indices(x: Any, num_rows: int, *, tokens: int | None = None) -> np.ndarray:
     return in_range("indices", ids, num_rows, "total virtual tokens")
 
 
-def task_ids(x: Any, batch: int, num_tasks: int) -> np.ndarray:
-    """Task ids of length B, or 1 (one task for the whole batch), each in [0, K)."""
+def task_ids(x: Any, batch: int, num_tasks: int | None) -> np.ndarray:
+    """Task ids of length B, or 1 (one task for the whole batch), each in [0, K); ``num_tasks=None``
+    leaves the range to the caller (the ONNX oracle turns out-of-range ids into NaN rows)."""
     if x is None:
         raise InputError("task_ids: expected an integer array of length B or 1, got None (task_ids cannot be None)")
     ids = int_array("task_ids", x, ndim=1)
     if ids.shape[0] not in (batch, 1):
         raise InputError(f"task_ids: expected length B={batch} or 1, got length {ids.shape[0]}")
-    return in_range("task_ids", ids, num_tasks, "num_tasks")
+    return ids if num_tasks is None else in_range("task_ids", ids, num_tasks, "num_tasks")
 
 
 def float_array(name: str, x: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

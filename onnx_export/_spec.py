@@ -32,6 +32,14 @@ class ModuleSpec:
     L: int = 0                     # encoder_num_layers (lstm)
     config_json: str = "{}"
 
+    def fixed_tokens(self, variant: str) -> int | None:
+        """T when a graph of this kind and variant needs rows of exactly T tokens, else None: MPT always
+        (its task prompt has T rows, as the module itself requires), the folded LSTM (one table row per
+        PEFT position)."""
+        if self.kind == Kind.MPT or (self.kind == Kind.LSTM_ENCODER and variant == "folded"):
+            return self.T
+        return None
+
 
 def module_spec(module: Any) -> ModuleSpec:
     """Read a PromptEmbedding, MultitaskPromptEmbedding or PromptEncoder; anything else is refused."""

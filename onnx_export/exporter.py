@@ -41,7 +41,8 @@ def export_dtype(dtype: Any) -> str:
 
 def tokens_dim(spec: ModuleSpec, variant: str) -> int | str:
     """The indices' token axis: T when the graph needs PEFT's full rows, else the symbol 'tokens'."""
-    return spec.T if spec.kind == Kind.MPT or (spec.kind == Kind.LSTM_ENCODER and variant == "folded") else "tokens"
+    fixed = spec.fixed_tokens(variant)
+    return "tokens" if fixed is None else fixed
 
 
 def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "float32") -> onnx.ModelProto:

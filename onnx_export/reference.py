@@ -54,29 +54,20 @@ def prompt_table(spec: ModuleSpec) -> np.ndarray:
     return module_math(spec, arange)[0]  # T,D
 
 
-def _task_rows(task_ids: Any, batch: int) -> np.ndarray:
-    if task_ids is None:
-        raise InputError("task_ids: expected an integer array of length B or 1, got None (task_ids cannot be None)")
-    t = _checks.int_array("task_ids", task_ids, ndim=1)
-    if t.shape[0] not in (batch, 1):
-        raise InputError(f"task_ids: expected length B={batch} or 1, got length {t.shape[0]}")
-    return np.broadcast_to(t, (batch,))
-
-
 def expected_output(spec: ModuleSpec, indices: Any, task_ids: Any = None, *, variant: str = "faithful") -> np.ndarray:
     """float64 (B, T', D): the graph's required output, NaN where spec/onnx.md's policy says so."""
     if variant not in VARIANTS:
         raise InputError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     idx = _checks.int_array("indices", indices, ndim=2)
     B, tokens = idx.shape
-    if (spec.kind == Kind.MPT or (spec.kind == Kind.LSTM_ENCODER and variant == "folded")) and tokens != spec.T:
+    if spec.fixed_tokens(variant) not in (None, tokens):
         raise InputError(f"indices: expected shape (B, T) with T={spec.T} (total virtual tokens), got shape {idx.shape}")
     idx_ok = (idx >= 0) & (idx < spec.T)  # B,T'
     safe_idx = np.where(idx_ok, idx, 0)
     task_ok = np.ones(B, dtype=bool)
     safe_t = None
     if spec.kind == Kind.MPT:
-        t = _task_rows(task_ids, B)
+        t = np.broadcast_to(_checks.task_ids(task_ids, B, num_tasks=None), (B,))  # any range: NaN policy below
         task_ok = (t >= 0) & (t < spec.K)  # B
         safe_t = np.where(task_ok, t, 0)
     out = module_math(spec, safe_idx, safe_t)  # B,T',D
