@@ -76,3 +76,11 @@ F32_ENCODER_GRADS = Tol(1e-5, 1e-4, "float32 BPTT gradients: per-step rounding a
 # The same float64 sums regrouped (the encoder's distinct-work fast path sums dout per token or per row
 # group before the backward): error ~ eps · Σ|terms| with |terms| up to ~10 here, so 1e-12 absolute.
 REGROUPED_SUMS_F64 = Tol(1e-10, 1e-12, "float64, batch sums regrouped before the backward")
+
+# Whole-model ONNX (mpt_ref/serve/whole_model.py: prompt prepend + torch.onnx.export of the base model) on
+# onnxruntime CPU vs PeftModel's float32 logits. atol is scaled by s = max |want| at the call site. Both
+# sides run the same float32 transformer; onnxruntime fuses and reorders the attention and MLP sums
+# (a few ulp per op over 2 layers), and the MPT prompt is rounded once from float64 (folded table) where
+# PEFT rounds E ⊙ (C R) in float32. Measured <= 2.4e-7 s on tiny GPT-2 and Llama (spec/serving.md).
+SERVE_LOGITS_F32 = Tol(1e-5, 1e-5, "float32 base model in onnxruntime vs torch: fused/reordered sums, measured "
+                                   "<= 2.4e-7 s (s = max |logits|)")
