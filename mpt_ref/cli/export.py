@@ -4,6 +4,8 @@
     mpt-ref export -o prompt.onnx [--config adapter_config.json] [--checkpoint weights.safetensors]
                    [--kind mpt] [--seed 0] [--variant faithful|folded] [--dtype float32|float16]
                    [--providers cpu,cuda] [--batch 3] [--force]
+    mpt-ref export ... --format prompt-table -o table.npy [--vocab-size V]   (TensorRT-LLM / NeMo table + JSON)
+    mpt-ref export ... --format triton -o DIR [--name NAME] [--max-batch-size 8]   (Triton model repository)
     mpt-ref parity prompt.onnx (same module options) [--providers cpu,cuda,cuda-tf32,onnx-reference]
 
 The module comes from --config (any of the three PEFT configs; its peft_type picks the module) or,
@@ -21,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mpt_ref.cli.serve_formats import export_serving, serving_args
 from mpt_ref.errors import InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
@@ -78,6 +81,8 @@ def _report(model: Any, module: Any, providers: list[str], args: argparse.Namesp
 def _export(args: argparse.Namespace) -> int:
     providers = _providers(args.providers)  # refuse a bad list before writing anything
     module = module_from_args(args)
+    if args.format != "onnx":  # the serving formats: mpt_ref/serve, spec/serving.md
+        return export_serving(module, args, report=lambda model, mod, a: _report(model, mod, providers, a))
     model = export(module, args.output, variant=args.variant, dtype=args.dtype, overwrite=args.force)
     print(f"wrote {args.output} ({model.ByteSize()} bytes): {type(module).__name__}, variant={args.variant}, "
           f"dtype={args.dtype}")
@@ -98,6 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", choices=VARIANTS, default="faithful")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    serving_args(p)
     _module_args(p)
     p.set_defaults(func=_export)
 

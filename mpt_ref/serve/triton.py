@@ -1,0 +1,113 @@
+"""A Triton Inference Server model repository for an ONNX model (the onnxruntime backend):
+
+    DIR/<name>/config.pbtxt     name, backend "onnxruntime", max_batch_size, dynamic_batching, and every
+                                graph input/output with its name, data type and dims
+    DIR/<name>/1/model.onnx     the model
+
+The config is derived from the graph's signature. With max_batch_size > 0 (batching on), Triton's dims
+leave out the batch axis, so every input and output must have a symbolic first axis; a symbolic axis
+becomes -1. A graph input with only the batch axis (``task_ids``, shape (B,)) becomes dims [1] with
+``reshape { shape: [] }``: each request sends one task id and Triton batches them back to (B,).
+The text is protobuf text format of Triton's ModelConfig (model_config.proto); tests parse it with the
+tritonclient package's ``model_config_pb2`` (the optional ``serve`` extra). Spec: spec/serving.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from mpt_ref import _checks
+from mpt_ref.errors import InputError, OutputExistsError
+from mpt_ref.io.atomic import atomic_write_bytes
+
+# ONNX element type -> Triton DataType name (model_config.proto)
+TRITON_TYPES = {
+    TensorProto.BOOL: "TYPE_BOOL", TensorProto.UINT8: "TYPE_UINT8", TensorProto.INT8: "TYPE_INT8",
+    TensorProto.INT16: "TYPE_INT16", TensorProto.INT32: "TYPE_INT32", TensorProto.INT64: "TYPE_INT64",
+    TensorProto.FLOAT16: "TYPE_FP16", TensorProto.FLOAT: "TYPE_FP32", TensorProto.DOUBLE: "TYPE_FP64",
+    TensorProto.BFLOAT16: "TYPE_BF16", TensorProto.STRING: "TYPE_STRING",
+}
+NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def _signature(values: list[onnx.ValueInfoProto], what: str, batching: bool) -> list[dict]:
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        if t.elem_type not in TRITON_TYPES:
+            raise InputError(f"model {what} {v.name!r}: expected a tensor type Triton knows, got "
+                             f"{TensorProto.DataType.Name(t.elem_type)}")
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        reshape = None
+        if batching:
+            if not dims or dims[0] != -1:
+                raise InputError(f"model {what} {v.name!r}: expected a symbolic batch axis first (max_batch_size > 0), "
+                                 f"got dims {dims}")
+            dims = dims[1:]
+            if not dims:  # (B,) -> one value per request
+                dims, reshape = [1], []
+        out.append({"name": v.name, "data_type": TRITON_TYPES[t.elem_type], "dims": dims, "reshape": reshape})
+    return out
+
+
+def model_signature(model: onnx.ModelProto, *, max_batch_size: int) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) as Triton sees them: name, data_type, dims (batch axis removed when batching)."""
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    batching = max_batch_size > 0
+    return _signature(inputs, "input", batching), _signature(list(model.graph.output), "output", batching)
+
+
+def _list(values: list[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]" if values else "[ ]"
+
+
+def _tensor_block(kind: str, entries: list[dict]) -> list[str]:
+    lines = [f"{kind} ["]
+    for k, e in enumerate(entries):
+        lines += ["  {", f'    name: "{e["name"]}"', f"    data_type: {e['data_type']}",
+                  f"    dims: {_list(e['dims'])}"]
+        if e["reshape"] is not None:
+            lines.append(f"    reshape: {{ shape: {_list(e['reshape'])} }}")
+        lines.append("  }," if k < len(entries) - 1 else "  }")
+    return lines + ["]"]
+
+
+def triton_config(model: onnx.ModelProto, name: str, *, max_batch_size: int = 8) -> str:
+    """config.pbtxt text for ``model`` served as ``name`` by the onnxruntime backend."""
+    if not NAME_RE.match(name or ""):
+        raise InputError(f"name: expected a model name of letters, digits, '_', '.', '-', got {name!r}")
+    max_batch_size = _checks.positive_int("max_batch_size", max_batch_size, minimum=0)
+    inputs, outputs = model_signature(model, max_batch_size=max_batch_size)
+    lines = [f'name: "{name}"', 'backend: "onnxruntime"', f"max_batch_size: {max_batch_size}"]
+    lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)
+    if max_batch_size > 0:
+        lines.append("dynamic_batching { }")
+    lines.append("instance_group [ { kind: KIND_CPU } ]  # KIND_GPU with the CUDA execution provider")
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repository(
+    model: onnx.ModelProto,
+    directory: str | os.PathLike,
+    name: str,
+    *,
+    max_batch_size: int = 8,
+    overwrite: bool = False,
+) -> tuple[Path, Path]:
+    """Write DIR/name/config.pbtxt and DIR/name/1/model.onnx (each atomically; nothing is written if
+    either exists, unless ``overwrite``)."""
+    config = triton_config(model, name, max_batch_size=max_batch_size)
+    root = Path(directory) / name
+    config_path, model_path = root / "config.pbtxt", root / "1" / "model.onnx"
+    existing = [str(p) for p in (config_path, model_path) if p.exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(f"output: expected new files, got existing {existing} (pass overwrite=True / --force)")
+    atomic_write_bytes(model_path, model.SerializeToString(), overwrite=overwrite)
+    atomic_write_bytes(config_path, config.encode(), overwrite=overwrite)
+    return config_path, model_path
