@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from mpt_ref.conformance import vectors as vec
+from mpt_ref.conformance.location import default_vectors_dir
 from mpt_ref.errors import InputError
 
 
@@ -25,7 +26,8 @@ def _verify(args: argparse.Namespace) -> int:
         report = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
         print(report.format())
         return 0 if report.ok else 1
-    checks = vec.verify_directory(args.vectors, args.candidate, progress=lambda m: print(m, file=sys.stderr))
+    vectors = args.vectors if args.vectors is not None else default_vectors_dir()
+    checks = vec.verify_directory(vectors, args.candidate, progress=lambda m: print(m, file=sys.stderr))
     print(vec.format_report(checks))
     return 0 if checks and all(c.ok for c in checks) else 1
 
@@ -43,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="directory with <case>/output.safetensors (key 'output') and optionally "
                            "<case>/grads.safetensors (PEFT keys), one subdirectory per case")
     what.add_argument("--onnx", help="an ONNX model made by anyone (e.g. torch.onnx.export of a PEFT module)")
-    p.add_argument("--vectors", default="spec/vectors", help="with --candidate: vectors directory (default spec/vectors)")
+    p.add_argument("--vectors", help="with --candidate: vectors directory (default: the golden vectors installed "
+                                   "with mpt-ref, a copy of spec/vectors)")
     p.add_argument("--config", help="with --onnx: adapter_config.json (or its directory) of the module")
     p.add_argument("--checkpoint", help="with --onnx: safetensors weights under PEFT keys (default: the "
                                         "model's initializers named by PEFT keys)")
