@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from mpt_ref.cli._args import add_json, positive_int, refuse_existing, report_stream, seed_int, write_json
 from mpt_ref.errors import InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
@@ -61,20 +62,34 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="adapter_config.json (or its directory); default: the built-in --kind config")
     p.add_argument("--checkpoint", help="state dict under PEFT keys (.safetensors, or a torch .bin read without torch); default: seeded init")
     p.add_argument("--kind", choices=sorted(DEFAULT_CONFIGS), default="mpt", help="built-in config when no --config")
-    p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="init seed, an integer >= 0 (default 0)")
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
-    p.add_argument("--batch", type=int, default=3, help="batch size of the parity inputs (default 3)")
+    p.add_argument("--batch", type=positive_int, default=3, help="batch size of the parity inputs (default 3)")
 
 
 def _report(model: Any, module: Any, args: argparse.Namespace) -> int:
     report = check_parity(model, module, providers=_providers(args.providers), batch=args.batch, seed=args.seed)
-    print(report.format())
+    print(report.format(), file=report_stream(args))
+    write_json(getattr(args, "json", None), {"verdict": "PASS" if report.ok else "FAIL", "report": report},
+               getattr(args, "force", False))
     return 0 if report.ok else 1
 
 
+def _load_model(path: str) -> Any:
+    import onnx
+
+    if not Path(path).is_file():
+        raise InputError(f"model: expected an existing .onnx file, got {path!r}")
+    try:
+        return onnx.load(path)
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise InputError(f"model: expected an ONNX model file, got unreadable {path!r} ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from exc
+
+
 def _export(args: argparse.Namespace) -> int:
-    providers = _providers(args.providers)  # refuse a bad list before writing anything
-    del providers
+    _providers(args.providers)  # refuse a bad list, or an existing output, before any work or write
+    refuse_existing("--output", args.output, args.force)
     module = module_from_args(args)
     model = export(module, args.output, variant=args.variant, dtype=args.dtype, overwrite=args.force)
     print(f"wrote {args.output} ({model.ByteSize()} bytes): {type(module).__name__}, variant={args.variant}, "
@@ -83,17 +98,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _parity(args: argparse.Namespace) -> int:
-    if not Path(args.model).is_file():
-        raise InputError(f"model: expected an existing .onnx file, got {args.model!r}")
+    _providers(args.providers)
+    refuse_existing("--json", args.json, args.force)
+    model = _load_model(args.model)
     module = module_from_args(args)
-    return _report(args.model, module, args)
+    return _report(model, module, args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a module to ONNX and print its onnxruntime parity report")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
-    p.add_argument("--variant", choices=VARIANTS, default="faithful")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--variant", choices=VARIANTS, default="faithful",
+                   help="faithful: the reference math node by node; folded: a precomputed prompt table "
+                        "(default faithful; spec/onnx.md)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the graph's float type (default float32)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     _module_args(p)
     p.set_defaults(func=_export)
@@ -101,4 +119,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help="run an exported model in onnxruntime against the float64 reference")
     p.add_argument("model", help="an .onnx file written by mpt-ref export")
     _module_args(p)
+    add_json(p, "the parity report")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.set_defaults(func=_parity)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from mpt_ref.cli._args import add_json, positive_int, refuse_existing, report_stream, write_json
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.location import default_vectors_dir
 from mpt_ref.errors import InputError
@@ -17,6 +19,8 @@ def _vectors(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    refuse_existing("--json", args.json, args.force)
+    out = report_stream(args)
     if args.onnx:
         if not args.config:
             raise InputError("--config: expected an adapter_config.json for --onnx, got none")
@@ -24,17 +28,22 @@ def _verify(args: argparse.Namespace) -> int:
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
         report = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
-        print(report.format())
+        print(report.format(), file=out)
+        write_json(args.json, {"verdict": "PASS" if report.ok else "FAIL", "report": report}, args.force)
         return 0 if report.ok else 1
+    if not Path(args.candidate).is_dir():
+        raise InputError(f"--candidate: expected a directory of <case>/output.safetensors, got {args.candidate!r}")
     vectors = args.vectors if args.vectors is not None else default_vectors_dir()
     checks = vec.verify_directory(vectors, args.candidate, progress=lambda m: print(m, file=sys.stderr))
-    print(vec.format_report(checks))
-    return 0 if checks and all(c.ok for c in checks) else 1
+    print(vec.format_report(checks), file=out)
+    ok = bool(checks) and all(c.ok for c in checks)
+    write_json(args.json, {"verdict": "PASS" if ok else "FAIL", "vectors": str(vectors), "checks": checks}, args.force)
+    return 0 if ok else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vectors", help="write the golden conformance vectors to OUT_DIR")
-    p.add_argument("out_dir")
+    p.add_argument("out_dir", help="a new directory for the vectors (spec/vectors holds the committed copy)")
     p.add_argument("--force", action="store_true", help="replace OUT_DIR if it exists")
     p.set_defaults(func=_vectors)
 
@@ -51,5 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="with --onnx: safetensors weights under PEFT keys (default: the "
                                         "model's initializers named by PEFT keys)")
     p.add_argument("--providers", default="cpu", help="with --onnx: comma-separated providers (default cpu)")
-    p.add_argument("--batch", type=int, default=3, help="with --onnx: batch size when the batch is dynamic")
+    p.add_argument("--batch", type=positive_int, default=3, help="with --onnx: batch size when the batch is dynamic")
+    add_json(p, "the verdict and every check")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.set_defaults(func=_verify)
