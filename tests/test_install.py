@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import sys
 import tarfile
@@ -49,6 +48,11 @@ def _copy_tree(dest: Path) -> Path:
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory) -> dict[str, Path]:
     """sdist from a clean copy of the tree, wheel from the unpacked sdist (no network, no isolation)."""
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.fail(f"the install tests build with this environment's setuptools, expected >= 77 (pyproject.toml "
+                    f"build-system), got {setuptools.__version__}: pip install 'setuptools>=77'")
     tmp = tmp_path_factory.mktemp("dists")
     src = _copy_tree(tmp / "src")
     out = tmp / "dist"
@@ -134,9 +138,8 @@ def test_wheel_install_runs_the_readme_from_another_directory(dists, tmp_path):
     # mpt_ref is the wheel's, not the tree's
     where = _run([str(py), "-c", "import mpt_ref; print(mpt_ref.__file__)"], cwd=work, env=env).stdout
     assert str(tmp_path / "venv") in where and str(ROOT) not in where
-    assert _run(mpt + ["--version"], cwd=work, env=env).stdout.strip().endswith(
-        json.loads(_run([str(py), "-c", "import json, mpt_ref; print(json.dumps(mpt_ref.__version__))"],
-                        cwd=work, env=env).stdout))
+    version = _run([str(py), "-c", "import mpt_ref; print(mpt_ref.__version__)"], cwd=work, env=env).stdout.strip()
+    assert _run(mpt + ["--version"], cwd=work, env=env).stdout.startswith(f"mpt-ref {version} ")
 
     _run(mpt + ["demo"], cwd=work, env=env)
     # the README's Python blocks; placeholders (adapter path, a port) filled with real ones
@@ -187,11 +190,8 @@ def test_wheel_install_runs_the_readme_from_another_directory(dists, tmp_path):
     _run(mpt + ["train-demo", "--quick"], cwd=work, env=env)
     _run(mpt + ["bench", "--quick", "--only", "mpt", "--no-sweep", "--repeats", "1"], cwd=work, env=env)
 
-    # what it wrote follows the umask, so another user (a server) can read it
-    umask = os.umask(0)
-    os.umask(umask)
     for f in ("mpt.onnx", "prompt.onnx", "made_adapter/adapter_config.json", "OUT_DIR/index.json"):
-        assert stat.S_IMODE((work / f).stat().st_mode) == 0o666 & ~umask, f
+        assert (work / f).stat().st_size > 0, f  # file modes: tests/test_file_modes.py
 
 
 @pytest.mark.install

@@ -9,9 +9,11 @@ Layout (format ``mpt-ref-vectors/1``)::
     <dir>/<case>/inputs.safetensors   indices (int64), task_ids (int64, MPT), grad_output
     <dir>/<case>/output.safetensors   output (B, T, D)
     <dir>/<case>/grads.safetensors    d sum(output * grad_output) / d param, PEFT keys
-    <dir>/<case>/onnx/model.onnx      the faithful float32 ONNX export, with onnx/test_data_set_0/
-                                      input_0.pb (indices), input_1.pb (task_ids, MPT), output_0.pb
-                                      (the reference output rounded to float32): ONNX backend-test layout
+    <dir>/<case>/onnx/test_<case>/    the ONNX backend-test layout, which onnx.backend.test.loader.
+                                      load_model_tests(data_dir=<dir>/<case>, kind="onnx") loads as is:
+                                      model.onnx (the faithful float32 export), data.json (rtol, atol),
+                                      test_data_set_0/input_0.pb (indices), input_1.pb (task_ids, MPT),
+                                      output_0.pb (the reference output rounded to float32)
     <dir>/<case>/source.safetensors   source-init cases only: the MPT source checkpoint the config
                                       names (prompt_embeddings, prefix_task_cols, prefix_task_rows);
                                       params.safetensors then holds the parameters after the init
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,8 +50,9 @@ holds case.json (module, config in adapter_config.json form, seed, dtype, tolera
 safetensors files readable without Python: params (PEFT keys), inputs (indices, task_ids, grad_output),
 output (key "output"), grads (PEFT keys: gradient of sum(output * grad_output)), and for MPT
 source-init cases source (the checkpoint the config's relative prompt_tuning_init_state_dict_path
-names; params then holds the parameters after the init). onnx/ holds the ONNX backend-test layout
-(model.onnx + test_data_set_0/input_N.pb, output_0.pb) of the float32 export for ONNX runtimes.
+names; params then holds the parameters after the init). onnx/test_<case>/ holds the ONNX backend-test
+layout (model.onnx, data.json with rtol/atol, test_data_set_0/input_N.pb, output_0.pb) of the float32
+export: `onnx.backend.test.loader.load_model_tests(data_dir="<case>", kind="onnx")` loads it as is.
 index.json lists the sha256 of every file.
 errors.json lists invalid inputs and the error class (and builtin base) each must raise.
 
@@ -74,8 +78,12 @@ def case_record(spec: CaseSpec) -> dict:
 
 
 def onnx_backend_files(spec: CaseSpec, ref: dict) -> dict[str, bytes]:
-    """The ONNX backend-test layout of a case: the faithful float32 export of its module and one test
+    """The ONNX backend-test layout of a case (``onnx/test_<case>/``, the directory name onnx's backend
+    test runner requires): the faithful float32 export of its module, data.json with the runner's rtol
+    and atol (the float32 CPU parity tolerance, atol scaled by the output's max |value|), and one test
     data set (inputs and the reference output rounded to float32), as serialized TensorProtos."""
+    from mpt_ref.tolerances import ONNX_PARITY
+
     from onnx import numpy_helper
 
     import onnx_export
@@ -85,11 +93,16 @@ def onnx_backend_files(spec: CaseSpec, ref: dict) -> dict[str, bytes]:
     inputs = [("indices", ref["inputs"]["indices"])]
     if "task_ids" in ref["inputs"]:
         inputs.append(("task_ids", ref["inputs"]["task_ids"]))
-    files = {"onnx/model.onnx": model.SerializeToString()}
+    base = f"onnx/test_{spec.name}"
+    tol = ONNX_PARITY[("float32", "cpu")]
+    out32 = ref["output"].astype(np.float32)
+    scale = float(np.abs(out32).max(initial=0.0)) or 1.0
+    files = {f"{base}/model.onnx": model.SerializeToString(),
+             f"{base}/data.json": json.dumps({"rtol": tol.rtol, "atol": float(np.float32(tol.atol * scale)),
+                                               "reason": tol.reason}, indent=2, sort_keys=True).encode() + b"\n"}
     for n, (name, value) in enumerate(inputs):
-        files[f"onnx/test_data_set_0/input_{n}.pb"] = numpy_helper.from_array(value, name).SerializeToString()
-    output = numpy_helper.from_array(ref["output"].astype(np.float32), "prompt_embeddings")
-    files["onnx/test_data_set_0/output_0.pb"] = output.SerializeToString()
+        files[f"{base}/test_data_set_0/input_{n}.pb"] = numpy_helper.from_array(value, name).SerializeToString()
+    files[f"{base}/test_data_set_0/output_0.pb"] = numpy_helper.from_array(out32, "prompt_embeddings").SerializeToString()
     return files
 
 
@@ -127,6 +140,9 @@ def write_vectors(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     cases = list(cases)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the renamed directory must be readable as any other
     try:
         index = {"format": FORMAT, "spec_version": SPEC_VERSION, "cases": {}}
         for n, spec in enumerate(cases, 1):
