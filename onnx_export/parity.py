@@ -29,7 +29,13 @@ from mpt_ref import tolerances
 from mpt_ref.errors import InputError
 from mpt_ref.tolerances import Tol
 from onnx_export._spec import ModuleSpec, module_spec
-from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata, module_identity, tokens_dim
+from onnx_export.exporter import (
+    INPUT_INDICES,
+    INPUT_TASK_IDS,
+    metadata,
+    module_identity,
+    tokens_dim,
+)
 from onnx_export.reference import expected_output
 from onnx_export.runtimes import Runner, check_provider
 

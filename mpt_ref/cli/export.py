@@ -21,7 +21,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mpt_ref.cli._args import add_json, positive_int, refuse_existing, report_stream, seed_int, write_json
+from mpt_ref.cli._args import (
+    add_json,
+    positive_int,
+    refuse_existing,
+    report_stream,
+    seed_int,
+    write_json,
+)
 from mpt_ref.errors import InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module

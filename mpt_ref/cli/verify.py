@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from mpt_ref.cli._args import add_json, positive_int, refuse_existing, report_stream, write_json
+from mpt_ref.cli._args import (
+    add_json,
+    positive_int,
+    refuse_existing,
+    report_stream,
+    write_json,
+)
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.location import default_vectors_dir
 from mpt_ref.errors import InputError

@@ -59,6 +59,13 @@ errors.json lists invalid inputs and the error class (and builtin base) each mus
 A port passes a case when |got - want| <= atol + rtol * |want| for every entry, with the case's own
 rtol/atol. To check a directory of your outputs: `mpt-ref verify --candidate YOUR_DIR`.
 Semantics: spec/*.md. Regenerate: `mpt-ref vectors spec/vectors --force`.
+
+Reproducibility: regeneration gives the same bytes (the sha256 in index.json) on any machine.
+Parameters, inputs and grad_output come from seeded NumPy generators; output and grads are not
+computed through NumPy's BLAS or SIMD kernels but by mpt_ref/conformance/exact.py: every sum exact
+then rounded once (math.fsum), every product rounded once, sigmoid/tanh in 50-digit decimal then
+rounded. They are therefore within a few ulp of, not equal to, the real-number result; mpt-ref's own
+NumPy classes conform to them within each case's tolerance, like any other port.
 """
 TENSOR_FILES = ("params", "inputs", "output", "grads")
 
@@ -82,12 +89,11 @@ def onnx_backend_files(spec: CaseSpec, ref: dict) -> dict[str, bytes]:
     test runner requires): the faithful float32 export of its module, data.json with the runner's rtol
     and atol (the float32 CPU parity tolerance, atol scaled by the output's max |value|), and one test
     data set (inputs and the reference output rounded to float32), as serialized TensorProtos."""
-    from mpt_ref.tolerances import ONNX_PARITY
-
     from onnx import numpy_helper
 
     import onnx_export
     from mpt_ref.conformance.cases import build_module
+    from mpt_ref.tolerances import ONNX_PARITY
 
     model = onnx_export.export(build_module(spec), variant="faithful", dtype="float32")
     inputs = [("indices", ref["inputs"]["indices"])]

@@ -20,7 +20,6 @@ from mpt_ref.io.adapter_files import (
 )
 from mpt_ref.io.checkpoint import safetensors_bytes
 
-
 # task types whose PEFT model saves a head of the base model with the adapter (PEFT's modules_to_save)
 HEAD_TASK_TYPES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"],
                    "QUESTION_ANS": ["qa_outputs"]}
