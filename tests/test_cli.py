@@ -54,6 +54,8 @@ def test_every_option_has_help_and_the_top_level_help_is_for_users():
     ["verify", "--candidate", "{tmp}/missing"],
     ["bench", "--threads", "0"],
     ["export", "-o", "{tmp}/x.onnx", "--config", "{tmp}/junk.onnx"],
+    ["verify", "--onnx", "{tmp}/junk.onnx", "--config", "{tmp}/junk.onnx"],
+    ["train-demo", "--quick", "--out", "{tmp}/junk.onnx/sub"],
 ])
 def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv):
     (tmp_path / "junk.onnx").write_bytes(b"not a protobuf \xff\xff")

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 from typing import Any
 
 from mpt_ref.cli._args import (
     add_json,
+    load_onnx_model,
     positive_int,
     refuse_existing,
     report_stream,
@@ -82,18 +82,6 @@ def _report(model: Any, module: Any, args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _load_model(path: str) -> Any:
-    import onnx
-
-    if not Path(path).is_file():
-        raise InputError(f"model: expected an existing .onnx file, got {path!r}")
-    try:
-        return onnx.load(path)
-    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
-        raise InputError(f"model: expected an ONNX model file, got unreadable {path!r} ({type(exc).__name__}: "
-                         f"{str(exc)[:200]})") from exc
-
-
 def _export(args: argparse.Namespace) -> int:
     _providers(args.providers)  # refuse a bad list, or an existing output, before any work or write
     refuse_existing("--output", args.output, args.force)
@@ -107,7 +95,7 @@ def _export(args: argparse.Namespace) -> int:
 def _parity(args: argparse.Namespace) -> int:
     _providers(args.providers)
     refuse_existing("--json", args.json, args.force)
-    model = _load_model(args.model)
+    model = load_onnx_model("model", args.model)
     module = module_from_args(args)
     return _report(model, module, args)
 

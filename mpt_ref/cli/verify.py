@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mpt_ref.cli._args import (
     add_json,
+    load_onnx_model,
     positive_int,
     refuse_existing,
     report_stream,
@@ -30,6 +31,7 @@ def _verify(args: argparse.Namespace) -> int:
     if args.onnx:
         if not args.config:
             raise InputError("--config: expected an adapter_config.json for --onnx, got none")
+        load_onnx_model("--onnx", args.onnx)  # a missing or non-ONNX file: exit 2 naming the option
         from onnx_export.foreign import verify_onnx
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
