@@ -7,6 +7,7 @@ and written atomically. Graphs: spec/onnx.md.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -26,6 +27,33 @@ from onnx_export.reference import VARIANTS
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 INPUT_INDICES, INPUT_TASK_IDS, OUTPUT = "indices", "task_ids", "prompt_embeddings"
 META_PREFIX = "mpt_ref."  # metadata_props keys: mpt_ref.module, .kind, .variant, .dtype, .config, ...
+# what a parity check compares with the module it rebuilds (parity.metadata_mismatches)
+IDENTITY_KEYS = ("config", "init_seed", "params_sha256")
+INPUT_DOCS = {
+    INPUT_INDICES: "int64 (batch, tokens): virtual-token ids in [0, T); PEFT feeds arange(T) in every row. "
+                   "An id outside [0, T) gives a NaN row.",
+    INPUT_TASK_IDS: "int64 (B) or (1): task id per row in [0, num_tasks), length 1 broadcasts over the batch. "
+                    "An id outside [0, num_tasks) gives NaN rows.",
+}
+OUTPUT_DOC = "(batch, tokens, token_dim) in the export dtype: the prompt embeddings PEFT prepends to the input"
+
+
+def params_sha256(params: dict[str, np.ndarray]) -> str:
+    """sha256 over (key, shape, float64 little-endian bytes) in key order: equal for a float32 module
+    and its float64 copy, different for any other weights (another seed, another checkpoint)."""
+    h = hashlib.sha256()
+    for key in sorted(params):
+        v = np.ascontiguousarray(params[key], dtype="<f8")
+        h.update(f"{key}:{v.shape}:".encode())
+        h.update(v.tobytes())
+    return h.hexdigest()
+
+
+def module_identity(module: Any, spec: ModuleSpec) -> dict[str, str]:
+    """The metadata that tells which module a model was exported from: config, init seed, weights."""
+    seed = getattr(module, "seed", None)
+    return {"config": spec.config_json, "init_seed": "none" if seed is None else str(seed),
+            "params_sha256": params_sha256(spec.params)}
 
 
 def export_dtype(dtype: Any) -> str:
@@ -45,8 +73,10 @@ def tokens_dim(spec: ModuleSpec, variant: str) -> int | str:
     return "tokens" if fixed is None else fixed
 
 
-def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "float32") -> onnx.ModelProto:
-    """The unchecked model for a ModuleSpec (export() checks and infers shapes)."""
+def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "float32",
+                identity: dict[str, str] | None = None) -> onnx.ModelProto:
+    """The unchecked model for a ModuleSpec (export() checks and infers shapes). ``identity``: extra
+    metadata naming the module (module_identity)."""
     if variant not in VARIANTS:
         raise InputError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
     dtype = export_dtype(dtype)
@@ -62,9 +92,15 @@ def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "fl
     doc = (f"mpt-ref {spec.module_name} ({spec.kind}), variant={variant}, dtype={dtype}. "
            "Ids outside their range give NaN outputs (spec/onnx.md, task-id policy).")
     meta = {"module": spec.module_name, "kind": spec.kind.value, "variant": variant, "dtype": dtype,
-            "config": spec.config_json, "spec_version": SPEC_VERSION, "mpt_ref_version": __version__}
-    return g.model(inputs, OUTPUT, ["batch", tokens, spec.D], name=f"mpt_ref_{spec.kind.value}_{variant}", doc=doc,
-                   metadata={META_PREFIX + k: v for k, v in meta.items()})
+            "config": spec.config_json, "spec_version": SPEC_VERSION, "mpt_ref_version": __version__,
+            "params_sha256": params_sha256(spec.params), **(identity or {})}
+    model = g.model(inputs, OUTPUT, ["batch", tokens, spec.D], name=f"mpt_ref_{spec.kind.value}_{variant}", doc=doc,
+                    metadata={META_PREFIX + k: v for k, v in meta.items()})
+    model.producer_version = __version__
+    for value in model.graph.input:
+        value.doc_string = INPUT_DOCS[value.name]
+    model.graph.output[0].doc_string = OUTPUT_DOC
+    return model
 
 
 def check(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -99,7 +135,8 @@ def export(
     """
     if isinstance(opset, bool) or opset != OPSET:
         raise InputError(f"opset: expected {OPSET} (the pinned opset, onnx_export/opset.py), got {opset!r}")
-    model = check(build_model(module_spec(module), variant=variant, dtype=dtype))
+    spec = module_spec(module)
+    model = check(build_model(spec, variant=variant, dtype=dtype, identity=module_identity(module, spec)))
     if path is not None:
         atomic_write_bytes(path, model.SerializeToString(), overwrite=overwrite)
     return model

@@ -30,7 +30,13 @@ from mpt_ref.errors import InputError
 from mpt_ref.modules.kind import Kind
 from mpt_ref.tolerances import Tol
 from onnx_export._spec import ModuleSpec, module_spec
-from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata, tokens_dim
+from onnx_export.exporter import (
+    INPUT_INDICES,
+    INPUT_TASK_IDS,
+    metadata,
+    module_identity,
+    tokens_dim,
+)
 from onnx_export.reference import expected_output
 from onnx_export.runtimes import Runner, check_provider
 
@@ -118,6 +124,7 @@ class ParityReport:
     variant: str
     dtype: str
     comparisons: list[Comparison]
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. the model names another module
 
     @property
     def ok(self) -> bool:
@@ -144,8 +151,27 @@ class ParityReport:
             )
         reasons = {(c.provider, c.tol.reason) for c in self.comparisons}
         lines += [f"  tolerance {p}: {r}" for p, r in sorted(reasons)]
+        lines += [f"note: {n}" for n in self.notes]
         lines.append(f"verdict: {'PASS' if self.ok else 'FAIL'}")
         return "\n".join(lines)
+
+
+def metadata_mismatches(meta: dict[str, str], module: Any, spec: ModuleSpec) -> list[str]:
+    """Where the model's metadata names another module than the one checked against (models without
+    the metadata, e.g. from older exports, are not judged)."""
+    here = module_identity(module, spec)
+    notes = []
+    if "config" in meta and meta["config"] != here["config"]:
+        notes.append(f"the model was exported from another config than the one rebuilt here: model "
+                     f"{meta['config']}, here {here['config']}; pass the model's --config")
+    if "params_sha256" in meta and meta["params_sha256"] != here["params_sha256"]:
+        seeds = (meta.get("init_seed"), here["init_seed"])
+        hint = (f"; the model says init seed {seeds[0]}, the module here was built with {seeds[1]}: pass --seed "
+                f"{seeds[0]}" if seeds[0] not in (None, "none") and seeds[0] != seeds[1]
+                else "; pass the --checkpoint (or adapter) it was exported from")
+        notes.append("the model's weights (mpt_ref.params_sha256) differ from the module rebuilt here, so "
+                     "parity compares two different modules" + hint)
+    return notes
 
 
 def tolerance(dtype: str, provider: str) -> Tol:
@@ -189,4 +215,4 @@ def check_parity(
                                               f"{type(exc).__name__}: {str(exc)[:200]}"))
                 continue
             comparisons.append(compare(name, provider, got, want, tol))
-    return ParityReport(spec.module_name, variant, dtype, comparisons)
+    return ParityReport(spec.module_name, variant, dtype, comparisons, metadata_mismatches(meta, module, spec))

@@ -25,7 +25,7 @@ def encoder(kind):
 def test_mpt_round_trip_and_files(tmp_path):
     module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
     module.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", WEIGHTS_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "adapter_config.json", WEIGHTS_NAME]
     tensors, meta = read_safetensors(tmp_path / WEIGHTS_NAME)
     assert meta == {"format": "pt"} and set(tensors) == {"prompt_embeddings", "prefix_task_cols", "prefix_task_rows"}
     assert json.loads((tmp_path / "adapter_config.json").read_text())["inference_mode"] is True
@@ -37,7 +37,7 @@ def test_mpt_round_trip_and_files(tmp_path):
 
 
 def test_prompt_tuning_round_trip(tmp_path):
-    cfg = mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=3, prompt_tuning_init="TEXT",
+    cfg = mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=3, prompt_tuning_init="TEXT", task_type="CAUSAL_LM",
                                       prompt_tuning_init_text="hi", tokenizer_name_or_path="unused/tokenizer")
     module = mpt_ref.PromptEmbedding(cfg, np.eye(5, 3), init_token_ids=[4, 1])
     module.save_pretrained(tmp_path)
@@ -80,7 +80,7 @@ def test_source_init_config_loads_without_its_source_file(tmp_path):
                             "prefix_task_cols": module.state_dict()["prefix_task_cols"],
                             "prefix_task_rows": module.state_dict()["prefix_task_rows"]})
     cfg = mpt_ref.MultitaskPromptTuningConfig(num_virtual_tokens=3, token_dim=4, num_ranks=2, num_tasks=1,
-                                              prompt_tuning_init="EXACT_SOURCE_TASK", prompt_tuning_init_task=1,
+                                              task_type="CAUSAL_LM", prompt_tuning_init="EXACT_SOURCE_TASK", prompt_tuning_init_task=1,
                                               prompt_tuning_init_state_dict_path=str(src))
     target = mpt_ref.MultitaskPromptEmbedding(cfg, seed=1)
     target.save_pretrained(tmp_path / "adapter")
@@ -138,3 +138,78 @@ def test_inspect_and_export_cli_on_an_adapter_dir(tmp_path, capsys):
     assert mpt_ref.cli.main(["export", str(tmp_path / "ad"), "-o", str(tmp_path / "m.onnx")]) == 0
     assert "verdict: PASS" in capsys.readouterr().out
     assert mpt_ref.cli.main(["inspect", str(tmp_path / "missing")]) == 2
+
+
+def test_save_refuses_a_config_without_task_type_and_writes_nothing(tmp_path):
+    """PEFT builds a plain PeftModel for task_type None, which drops the prompt without a word."""
+    cfg = mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=3)
+    with pytest.raises(mpt_ref.ConfigError, match="task_type.*ignores the prompt"):
+        mpt_ref.PromptEmbedding(cfg, seed=0).save_pretrained(tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=3, task_type="FEATURE_EXTRACTION",
+                                                               num_layers=4, num_attention_heads=2), seed=0),
+    lambda: mpt_ref.MultitaskPromptEmbedding(MPT, seed=0),
+    lambda: encoder("LSTM"),
+], ids=["pt", "mpt", "lstm"])
+def test_saved_config_carries_what_peft_writes_and_a_model_card(tmp_path, make):
+    module = make()
+    module.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert saved["peft_version"] == mpt_ref._version.PEFT_VERSION == "0.21.2"
+    assert saved["task_type"] == module.config.task_type.value and saved["inference_mode"] is True
+    for key in ("num_layers", "num_attention_heads"):  # written when known (PEFT fills them from the base model)
+        assert key in saved and saved[key] == getattr(module.config, key)
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\n") and "PeftModel.from_pretrained" in card
+    assert f"- PEFT {saved['peft_version']}" in card and saved["peft_type"] in card
+    assert module.config.peft_version is None  # the module's own config is not changed by saving
+
+
+def test_an_existing_model_card_is_kept(tmp_path):
+    (tmp_path / "README.md").write_text("my card")
+    mpt_ref.MultitaskPromptEmbedding(MPT, seed=0).save_pretrained(tmp_path)
+    assert (tmp_path / "README.md").read_text() == "my card"
+
+
+def test_from_pretrained_on_each_class(tmp_path):
+    mpt = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
+    mpt.save_pretrained(tmp_path / "mpt")
+    loaded = mpt_ref.MultitaskPromptEmbedding.from_pretrained(tmp_path / "mpt")
+    np.testing.assert_array_equal(loaded.get_prompt(2, [1, 0]), mpt.get_prompt(2, [1, 0]))
+    with pytest.raises(mpt_ref.ConfigError, match="expected an adapter of a PromptEmbedding"):
+        mpt_ref.PromptEmbedding.from_pretrained(tmp_path / "mpt")
+    pt = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=3, task_type="CAUSAL_LM"),
+                                 seed=0)
+    pt.save_pretrained(tmp_path / "pt")
+    np.testing.assert_array_equal(mpt_ref.PromptEmbedding.from_pretrained(tmp_path / "pt").get_prompt(3),
+                                  pt.get_prompt(3))
+    enc = encoder("MLP")
+    enc.save_pretrained(tmp_path / "enc")
+    full = mpt_ref.PromptEncoder.from_pretrained(tmp_path / "enc", full_encoder=True)
+    np.testing.assert_array_equal(full.get_prompt(2), enc.get_prompt(2))
+    with pytest.warns(UserWarning, match="prompt table"):
+        table = mpt_ref.PromptEncoder.from_pretrained(tmp_path / "enc")
+    np.testing.assert_allclose(table.get_prompt(2), enc.get_prompt(2), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["MLP", "LSTM"])
+def test_prompt_encoder_get_prompt_is_the_encoder_on_arange_rows(kind):
+    enc = encoder(kind)
+    T = enc.total_virtual_tokens
+    want = np.stack([enc.prompt_table()] * 3)  # prompt_table: eval mode on arange(T)
+    np.testing.assert_array_equal(enc.get_prompt(3), want)
+    assert enc.get_prompt(0).shape == (0, T, enc.token_dim)
+    with pytest.raises(mpt_ref.MptRefError, match="batch_size"):
+        enc.get_prompt(-1)
+
+
+@pytest.mark.parametrize("task_type", ["SEQ_CLS", "TOKEN_CLS", "QUESTION_ANS"])
+def test_save_refuses_task_types_whose_peft_adapter_needs_a_base_model_head(tmp_path, task_type):
+    """PEFT 0.21.2 raised KeyError 'base_model.score.weight' loading such an adapter saved without the head."""
+    cfg = mpt_ref.PromptTuningConfig(num_virtual_tokens=2, token_dim=3, task_type=task_type)
+    with pytest.raises(mpt_ref.ConfigError, match=f"got {task_type}.*modules_to_save"):
+        mpt_ref.PromptEmbedding(cfg, seed=0).save_pretrained(tmp_path / "a")
+    assert not (tmp_path / "a").exists()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from mpt_ref.bench.run import MODULES, format_table, run, to_json
+from mpt_ref.cli._args import STDOUT, positive_int, refuse_existing
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.modules.kind import Kind
 
 
 def _main(args: argparse.Namespace) -> int:
+    refuse_existing("--json", args.json, args.force)  # before a run of a minute, not after
     if args.gpu:
         import onnxruntime as ort
 
@@ -17,8 +20,10 @@ def _main(args: argparse.Namespace) -> int:
             print("gpu section skipped: CUDAExecutionProvider not available (install onnxruntime-gpu on a GPU machine)")
     modules = [args.only] if args.only else list(MODULES)
     report = run(modules, quick=args.quick, threads=args.threads, repeats=args.repeats, sweep=not args.no_sweep)
-    print(format_table(report))
-    if args.json:
+    print(format_table(report), file=sys.stderr if args.json == STDOUT else sys.stdout)
+    if args.json == STDOUT:
+        print(to_json(report))
+    elif args.json:
         atomic_write_bytes(args.json, to_json(report).encode(), overwrite=args.force)
         print(f"wrote {args.json}")
     return 0
@@ -29,10 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", type=Kind.parse, choices=MODULES, metavar="KIND",
                    help=f"one module kind, of {', '.join(MODULES)} (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
-    p.add_argument("--threads", type=int, default=2, help="threads for torch and onnxruntime (default 2)")
-    p.add_argument("--repeats", type=int, default=7, help="timed runs per peer (default 7)")
+    p.add_argument("--threads", type=positive_int, default=2, help="threads for torch and onnxruntime (default 2)")
+    p.add_argument("--repeats", type=positive_int, default=7, help="timed runs per peer (default 7)")
     p.add_argument("--no-sweep", action="store_true", help="skip the MPT scaling sweep over B and D")
     p.add_argument("--gpu", action="store_true", help="also the CUDA section (skipped without CUDAExecutionProvider)")
-    p.add_argument("--json", help="write the results as JSON (atomically)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH (atomically; '-' for stdout, the table then "
+                                                    "goes to stderr)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.set_defaults(func=_main)

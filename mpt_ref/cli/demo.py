@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from mpt_ref.cli._args import seed_int
 from mpt_ref.core.gradcheck import gradcheck
 from mpt_ref.modules.config import MultitaskPromptTuningConfig, PromptEncoderConfig
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
@@ -111,5 +112,5 @@ def _main(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="forward, backward, gradient check and ONNX parity of the default MPT "
                                      "model and both P-tuning encoders")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0, help="init and input seed (an integer >= 0, default 0)")
     p.set_defaults(func=_main)

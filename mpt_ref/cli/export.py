@@ -20,10 +20,18 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 from typing import Any
 
 from mpt_ref.cli.serve_formats import export_serving, serving_args
+from mpt_ref.cli._args import (
+    add_json,
+    load_onnx_model,
+    positive_int,
+    refuse_existing,
+    report_stream,
+    seed_int,
+    write_json,
+)
 from mpt_ref.errors import InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
@@ -67,19 +75,23 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", type=Kind.parse, choices=list(DEFAULT_CONFIGS), default=Kind.MPT, metavar="KIND",
                    help=f"built-in config when no --config, of {', '.join(DEFAULT_CONFIGS)} "
                         "(0.1 names prompt-tuning, mlp, lstm are accepted)")
-    p.add_argument("--seed", type=int, default=0, help="init seed (default 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="init seed, an integer >= 0 (default 0)")
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
-    p.add_argument("--batch", type=int, default=3, help="batch size of the parity inputs (default 3)")
+    p.add_argument("--batch", type=positive_int, default=3, help="batch size of the parity inputs (default 3)")
 
 
 def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace) -> int:
     report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed)
-    print(report.format())
+    print(report.format(), file=report_stream(args))
+    write_json(getattr(args, "json", None), {"verdict": "PASS" if report.ok else "FAIL", "report": report},
+               getattr(args, "force", False))
     return 0 if report.ok else 1
 
 
 def _export(args: argparse.Namespace) -> int:
-    providers = _providers(args.providers)  # refuse a bad list before writing anything
+    providers = _providers(args.providers)  # refuse a bad list, or an existing output, before any work or write
+    if args.format == "onnx":  # the serving formats write into directories and check their own files
+        refuse_existing("--output", args.output, args.force)
     module = module_from_args(args)
     if args.format != "onnx":  # the serving formats: mpt_ref/serve, spec/serving.md
         return export_serving(module, args, report=lambda model, mod, a: _report(model, mod, providers, a))
@@ -90,18 +102,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _parity(args: argparse.Namespace) -> int:
-    if not Path(args.model).is_file():
-        raise InputError(f"model: expected an existing .onnx file, got {args.model!r}")
     providers = _providers(args.providers)
+    refuse_existing("--json", args.json, args.force)
+    model = load_onnx_model("model", args.model)
     module = module_from_args(args)
-    return _report(args.model, module, providers, args)
+    return _report(model, module, providers, args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a module to ONNX and print its onnxruntime parity report")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write (atomically)")
-    p.add_argument("--variant", choices=VARIANTS, default="faithful")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    p.add_argument("--variant", choices=VARIANTS, default="faithful",
+                   help="faithful: the reference math node by node; folded: a precomputed prompt table "
+                        "(default faithful; spec/onnx.md)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="the graph's float type (default float32)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output")
     serving_args(p)
     _module_args(p)
@@ -110,4 +124,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("parity", help="run an exported model in onnxruntime against the float64 reference")
     p.add_argument("model", help="an .onnx file written by mpt-ref export")
     _module_args(p)
+    add_json(p, "the parity report")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.set_defaults(func=_parity)

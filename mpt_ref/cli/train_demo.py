@@ -12,6 +12,8 @@ from mpt_ref.train.experiment import QUICK, Settings, format_table, run
 
 
 def _main(args: argparse.Namespace) -> int:
+    if args.out:  # refuse an unusable --out before training, not after
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     s = QUICK if args.quick else Settings()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

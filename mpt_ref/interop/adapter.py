@@ -27,7 +27,7 @@ from mpt_ref.io.adapter_files import (
     weights_file,
 )
 from mpt_ref.io.checkpoint import check_finite, read_tensors
-from mpt_ref.modules.base import Module
+from mpt_ref.modules.base import Module, register_adapter_loader
 from mpt_ref.modules.config import (
     MultitaskPromptTuningConfig,
     MultitaskPromptTuningInit,
@@ -88,6 +88,9 @@ def load_peft_adapter(path: str | os.PathLike, *, full_encoder: bool = False, dt
     state = {("embedding.weight" if k == TABLE_KEY else k): tensors[k] for k in wanted}
     module.load_state_dict(state, strict=True)
     return module
+
+
+register_adapter_loader(load_peft_adapter)  # PromptEmbedding.from_pretrained & co.
 
 
 def _load_full_encoder(directory: Path, config: PromptEncoderConfig, dtype: Any) -> PromptEncoder:

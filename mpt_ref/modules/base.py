@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
 from mpt_ref._types import Params
-from mpt_ref.errors import CheckpointError
+from mpt_ref._version import PEFT_VERSION, __version__
+from mpt_ref.errors import CheckpointError, ConfigError
 from mpt_ref.io.adapter_files import (
     CONFIG_NAME,
     TABLE_KEY,
@@ -17,6 +19,54 @@ from mpt_ref.io.adapter_files import (
     write_adapter_files,
 )
 from mpt_ref.io.checkpoint import safetensors_bytes
+
+# task types whose PEFT model saves a head of the base model with the adapter (PEFT's modules_to_save)
+HEAD_TASK_TYPES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"],
+                   "QUESTION_ANS": ["qa_outputs"]}
+MODEL_CARD_NAME = "README.md"  # PEFT's save_pretrained writes a model card there too
+
+# load_peft_adapter, registered by mpt_ref.interop.adapter (the layer above, which knows every class)
+# so that ``Cls.from_pretrained`` works without this layer importing upward.
+_ADAPTER_LOADER: Callable[..., Any] | None = None
+
+
+def register_adapter_loader(loader: Callable[..., Any]) -> None:
+    global _ADAPTER_LOADER
+    _ADAPTER_LOADER = loader
+
+
+def model_card(config: Any) -> str:
+    """A short model card (PEFT writes one with ``library_name: peft``): what the adapter is and how to load it."""
+    d = config.to_dict()
+    peft_type = str(d.get("peft_type"))
+    tags = ["peft", "mpt-ref", peft_type.lower().replace("_", "-")]
+    front = ["---", "library_name: peft", "tags:"] + [f"- {t}" for t in tags]
+    if d.get("base_model_name_or_path"):
+        front.append(f"base_model: {d['base_model_name_or_path']}")
+    front.append("---")
+    shown = ("peft_type", "task_type", "num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_tasks",
+             "num_ranks", "encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers")
+    fields = [f"- `{k}`: {d[k]}" for k in shown if d.get(k) is not None]
+    return "\n".join(front + [
+        "",
+        f"# {peft_type} adapter",
+        "",
+        f"A PEFT prompt-learning adapter written by mpt-ref {__version__} (the NumPy reference implementation of "
+        f"PEFT's prompt modules) in the format of PEFT {PEFT_VERSION}.",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "model = PeftModel.from_pretrained(base_model, \"<this directory>\")",
+        "```",
+        "",
+        *fields,
+        "",
+        "### Framework versions",
+        "",
+        f"- PEFT {PEFT_VERSION}",
+        f"- mpt-ref {__version__}",
+        "",
+    ])
 
 
 class LoadResult(NamedTuple):
@@ -68,18 +118,58 @@ class Module:
         """What PEFT's ``save_pretrained`` stores for this module, under the adapter-file keys."""
         return {TABLE_KEY: self._params["embedding.weight"].copy()}
 
+    def saved_config(self) -> Any:
+        """The config as ``save_pretrained`` writes it: refused without a task_type (PEFT would build a
+        plain PeftModel that ignores the prompt), ``peft_version`` filled in as PEFT does."""
+        task_type = getattr(self.config, "task_type", None)
+        if task_type is None:
+            raise ConfigError(
+                "config.task_type: expected one of CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, TOKEN_CLS, QUESTION_ANS, "
+                "FEATURE_EXTRACTION, got None: PeftModel.from_pretrained would build a plain PeftModel that "
+                "silently ignores the prompt (its logits equal the base model's); set task_type in the config"
+            )
+        kind = getattr(task_type, "value", task_type)
+        if kind in HEAD_TASK_TYPES:
+            raise ConfigError(
+                f"config.task_type: expected CAUSAL_LM, SEQ_2_SEQ_LM or FEATURE_EXTRACTION for an adapter mpt-ref "
+                f"writes, got {kind}: PEFT's {kind} adapters also hold the base model's trained head "
+                f"(modules_to_save {HEAD_TASK_TYPES[kind]}), which a prompt module does not have, so "
+                "PeftModel.from_pretrained would fail (KeyError 'base_model.<head>.weight')"
+            )
+        if self.config.peft_version is None:
+            return dataclasses.replace(self.config, peft_version=PEFT_VERSION)
+        return self.config
+
     def adapter_files(self) -> dict[str, bytes]:
-        """The files of this module's PEFT adapter directory, name -> bytes."""
+        """The files of this module's PEFT adapter directory, name -> bytes (the model card apart)."""
         return {
-            CONFIG_NAME: self.config.to_json().encode(),
+            CONFIG_NAME: self.saved_config().to_json().encode(),
             WEIGHTS_NAME: safetensors_bytes(self.adapter_tensors(), {"format": "pt"}),
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write a PEFT adapter directory PEFT loads (``PeftModel.from_pretrained``): adapter_config.json and
-        adapter_model.safetensors (metadata {"format": "pt"}); for P-tuning also ``mpt_ref_encoder.safetensors``.
+        adapter_model.safetensors (metadata {"format": "pt"}); for P-tuning also ``mpt_ref_encoder.safetensors``;
+        a model card README.md unless the directory already has one (PEFT updates its own).
+        The config needs a ``task_type`` (ConfigError otherwise: PEFT would ignore the prompt).
         Every file is written atomically; if any of them exists, nothing is written unless ``overwrite``."""
-        return write_adapter_files(save_directory, self.adapter_files(), overwrite=overwrite)
+        files = self.adapter_files()
+        if not (Path(save_directory) / MODEL_CARD_NAME).exists():
+            files[MODEL_CARD_NAME] = model_card(self.saved_config()).encode()
+        return write_adapter_files(save_directory, files, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Any:
+        """Load a PEFT adapter directory of this class (``mpt_ref.load_peft_adapter(path, **kwargs)``,
+        refusing an adapter of another kind). PromptEncoder: ``full_encoder=True`` restores the trainable
+        encoder mpt-ref saved beside PEFT's prompt table."""
+        if _ADAPTER_LOADER is None:  # pragma: no cover - importing mpt_ref registers it
+            raise ConfigError("from_pretrained: expected mpt_ref.interop.adapter to be imported, got none")
+        module = _ADAPTER_LOADER(path, **kwargs)
+        if type(module) is not cls:
+            raise ConfigError(f"{path}: expected an adapter of a {cls.__name__}, got one of a {type(module).__name__} "
+                              f"(peft_type {module.config.peft_type.value}); mpt_ref.load_peft_adapter loads any")
+        return module
 
     def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         return self.forward(*args, **kwargs)

@@ -62,7 +62,7 @@ def tokenize_init_text(config: PromptTuningConfig) -> list[int]:
     except ImportError as exc:
         raise ConfigError(
             "prompt_tuning_init='TEXT': expected init_token_ids=... or the optional 'tokenizers' package "
-            "to read tokenizer_name_or_path, got neither"
+            "to read tokenizer_name_or_path (pip install 'mpt-ref[text]'), got neither"
         ) from exc
     path = Path(config.tokenizer_name_or_path)
     path = path / "tokenizer.json" if path.is_dir() else path

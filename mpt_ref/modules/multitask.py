@@ -44,6 +44,7 @@ class MultitaskPromptEmbedding(Module):
         self.config, T, D = resolve_config(config, self.config_class, word_embeddings)
         self.total_virtual_tokens, self.token_dim = T, D
         self.num_tasks, self.num_ranks = config.num_tasks, config.num_ranks
+        self.seed = seed  # the init seed (None: fresh entropy), stamped into ONNX exports
         self.rng = np.random.default_rng(seed)
         weight = init_prompt_embedding(config, self.rng, word_embeddings, init_token_ids, (T, D), self.dtype)
         cols, rows = init_task_factors(self.rng, self.num_tasks, T, self.num_ranks, D, self.dtype)

@@ -100,6 +100,7 @@ class PromptEncoder(Module):
             if encoder_type == EncoderType.LSTM and self.dropout > 0 and self.num_layers == 1:
                 warnings.warn(lstm_dropout_warning(config.encoder_dropout, self.num_layers), UserWarning, stacklevel=2)
 
+        self.seed = seed  # the init seed (None: fresh entropy), stamped into ONNX exports
         self.rng = np.random.default_rng(seed)  # init draws first, then dropout masks
         self._params = {"embedding.weight": self.rng.standard_normal((T, D)).astype(self.dtype)}  # N(0, 1)
         if self.inference_mode:
@@ -221,6 +222,16 @@ class PromptEncoder(Module):
         if not self.inference_mode:
             files[ENCODER_NAME] = safetensors_bytes(self.state_dict(), {"format": "mpt-ref", "note": "full encoder"})
         return files
+
+    def get_prompt(self, batch_size: int) -> Array:
+        """What PEFT's ``get_prompt`` returns for P-tuning: the encoder applied to arange(T) in every one
+        of ``batch_size`` rows, (B, T, D), in the module's mode (train mode with dropout draws masks, as
+        PEFT does; ``prompt_table()`` is always eval mode)."""
+        B = _checks.positive_int("batch_size", batch_size, minimum=0)
+        T = self.total_virtual_tokens
+        if B == 0:
+            return np.zeros((0, T, self.token_dim), dtype=self.dtype)
+        return self.forward(np.tile(np.arange(T, dtype=np.int64), (B, 1)))
 
     def prompt_table(self) -> Array:
         """(T, D): the eval-mode output for arange(T), i.e. what PEFT saves as ``prompt_embeddings``

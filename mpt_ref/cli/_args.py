@@ -1,0 +1,92 @@
+"""Argument checks shared by the commands, so every argument is refused before any work or write."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from mpt_ref.errors import InputError, OutputExistsError
+from mpt_ref.io.atomic import atomic_write_bytes
+
+STDOUT = "-"
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= minimum (argparse then exits 2 with the message)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+seed_int = int_at_least(0)      # numpy's default_rng refuses negative seeds
+positive_int = int_at_least(1)  # batch sizes, threads, repeats
+
+
+def refuse_existing(option: str, path: str | None, force: bool) -> None:
+    """Refuse an output that exists (unless --force) before anything runs."""
+    if path and path != STDOUT and Path(path).exists() and not force:
+        raise OutputExistsError(f"{option}: expected a new file, got an existing one: {path} (use --force)")
+
+
+def add_json(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", metavar="PATH", help=f"also write {what} as JSON to PATH (atomically; '-' for stdout, "
+                                                  "the table then goes to stderr)")
+
+
+def report_stream(args: argparse.Namespace) -> Any:
+    """Where the human-readable report goes: stderr when the JSON takes stdout."""
+    return sys.stderr if getattr(args, "json", None) == STDOUT else sys.stdout
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if hasattr(value, "_asdict"):
+        return {k: _plain(v) for k, v in value._asdict().items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if hasattr(value, "item"):  # numpy scalars
+        return _plain(value.item())
+    return value
+
+
+def write_json(path: str | None, payload: Any, force: bool) -> None:
+    if not path:
+        return
+    text = json.dumps(_plain(payload), indent=2, sort_keys=True) + "\n"
+    if path == STDOUT:
+        sys.stdout.write(text)
+    else:
+        atomic_write_bytes(path, text.encode(), overwrite=force)
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def load_onnx_model(option: str, path: str) -> Any:
+    """The ONNX model at ``path``, or InputError naming ``option`` (missing file, not a ModelProto)."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise InputError(f"{option}: expected an existing .onnx file, got {path!r}")
+    try:
+        return onnx.load(path)
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise InputError(f"{option}: expected an ONNX model file, got unreadable {path!r} ({type(exc).__name__}: "
+                         f"{str(exc)[:200]})") from exc

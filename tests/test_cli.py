@@ -1,0 +1,154 @@
+"""The conventions every ``mpt-ref`` command shares (mpt_ref/cli/__init__.py): --version, exit status
+0 pass / 1 verdict FAIL / 2 bad usage or unreadable input / 3 internal error, no traceback unless
+--debug, arguments refused before any work or write, a quiet exit on a closed pipe, help on every
+option, --json; and what an exported model says about the module it came from."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+import mpt_ref
+import mpt_ref.cli as cli
+from mpt_ref.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _all_parsers():
+    parser = cli.build_parser()
+    yield "mpt-ref", parser
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    yield from ((f"mpt-ref {name}", p) for name, p in sub.choices.items())
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"mpt-ref {mpt_ref.__version__} (spec {mpt_ref.SPEC_VERSION})"
+
+
+def test_every_option_has_help_and_the_top_level_help_is_for_users():
+    for prog, parser in _all_parsers():
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help and action.help.strip(), f"{prog} {action.option_strings or action.dest}: no help text"
+    top = cli.build_parser().format_help()
+    assert "register(" not in top and "subparsers" not in top and "exit status" in top
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo", "--seed", "-1"],
+    ["export", "-o", "{tmp}/x.onnx", "--batch", "0"],
+    ["export", "-o", "{tmp}/x.onnx", "--providers", "tpu"],
+    ["parity", "{tmp}/junk.onnx"],
+    ["parity", "{tmp}/missing.onnx"],
+    ["inspect", "{tmp}/missing"],
+    ["verify", "--candidate", "{tmp}/missing"],
+    ["bench", "--threads", "0"],
+    ["export", "-o", "{tmp}/x.onnx", "--config", "{tmp}/junk.onnx"],
+    ["verify", "--onnx", "{tmp}/junk.onnx", "--config", "{tmp}/junk.onnx"],
+    ["train-demo", "--quick", "--out", "{tmp}/junk.onnx/sub"],
+])
+def test_user_errors_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, argv):
+    (tmp_path / "junk.onnx").write_bytes(b"not a protobuf \xff\xff")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _code([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _code(argv):
+    """main's status, or argparse's when it refuses an argument itself (type= checks exit 2)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def test_existing_outputs_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    import mpt_ref.cli.bench as bench_cli
+    import mpt_ref.cli.export as export_cli
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the command ran before refusing its output")
+
+    monkeypatch.setattr(bench_cli, "run", must_not_run)
+    monkeypatch.setattr(export_cli, "module_from_args", must_not_run)
+    (tmp_path / "bench.json").write_text("keep")
+    (tmp_path / "m.onnx").write_text("keep")
+    assert main(["bench", "--json", str(tmp_path / "bench.json")]) == 2
+    assert main(["export", "-o", str(tmp_path / "m.onnx")]) == 2
+    assert (tmp_path / "bench.json").read_text() == "keep" and (tmp_path / "m.onnx").read_text() == "keep"
+    assert capsys.readouterr().err.count("expected a new file") == 2
+
+
+def test_internal_errors_exit_3_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import mpt_ref.cli.inspect as inspect_cli
+
+    def boom(path):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(inspect_cli, "describe", boom)
+    assert main(["inspect", "x"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: a bug" in err and "--debug" in err and "Traceback" not in err
+    assert main(["--debug", "inspect", "x"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+    assert main(["inspect", "x", "--debug"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_exits_quietly(tmp_path):
+    """`mpt-ref ... | head`: the reader goes away; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "mpt_ref", "verify", "--candidate", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before it writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == cli.EXIT_PIPE
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_verify_json_to_stdout_and_exit_1_on_a_failed_verdict(tmp_path, capsys):
+    assert main(["verify", "--candidate", str(tmp_path), "--json", "-"]) == 1
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["verdict"] == "FAIL" and all(c["note"] == "missing" for c in report["checks"] if not c["ok"])
+    assert "tensors conform" in err  # the table moved to stderr
+
+
+def test_parity_json_and_the_model_names_its_module(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    assert main(["export", "-o", str(model), "--kind", "mlp", "--seed", "7"]) == 0
+    m = onnx.load(str(model))
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert m.producer_version == mpt_ref.__version__ and meta["mpt_ref.init_seed"] == "7"
+    assert json.loads(meta["mpt_ref.config"])["encoder_reparameterization_type"] == "MLP"
+    assert len(meta["mpt_ref.params_sha256"]) == 64
+    assert all(v.doc_string for v in list(m.graph.input) + list(m.graph.output))
+    capsys.readouterr()
+
+    assert main(["parity", str(model), "--kind", "mlp", "--seed", "7", "--json", str(tmp_path / "p.json")]) == 0
+    assert "note:" not in capsys.readouterr().out
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["verdict"] == "PASS" and saved["report"]["notes"] == []
+    # rebuilt with another seed: a FAIL that says why
+    assert main(["parity", str(model), "--kind", "mlp", "--seed", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "note: the model's weights" in out and "pass --seed 7" in out
+    assert main(["parity", str(model), "--kind", "mlp", "--seed", "7", "--json", str(tmp_path / "p.json")]) == 2
+
+
+def test_testing_without_hypothesis_names_the_extra():
+    code = ("import sys; sys.modules['hypothesis'] = None\n"
+            "try:\n    import mpt_ref.testing\nexcept ModuleNotFoundError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
+    assert "pip install 'mpt-ref[testing]'" in out
