@@ -76,3 +76,59 @@ F32_ENCODER_GRADS = Tol(1e-5, 1e-4, "float32 BPTT gradients: per-step rounding a
 # The same float64 sums regrouped (the encoder's distinct-work fast path sums dout per token or per row
 # group before the backward): error ~ eps · Σ|terms| with |terms| up to ~10 here, so 1e-12 absolute.
 REGROUPED_SUMS_F64 = Tol(1e-10, 1e-12, "float64, batch sums regrouped before the backward")
+
+
+# ================================================================================================
+# The conformance error model (spec/tolerances.md): candidates are judged against the float64 reference
+# with a per-element bound computed by mpt_ref/core/error_bound.py from the case itself. Only the
+# constants below are chosen; everything else follows from the computation.
+# ================================================================================================
+
+
+class Rounding(NamedTuple):
+    """How a port rounds (see mpt_ref/core/error_bound.py). u_* are unit roundoffs (half an ulp of 1)."""
+
+    u_acc: float        # sums and products
+    u_store: float      # every stored intermediate (and the inputs, when inputs_rounded)
+    c_fn: float         # error of the port's exp / sigmoid / tanh, in units of u_store, absolute (|y| <= 1)
+    depth_slack: float  # multiplies every rounding term
+    tiny: float         # absolute floor per operation (gradual underflow)
+    lam: float          # probabilistic bound: |error| <= lam · s (s: root-sum-square propagated rounding)
+    reason: str
+    inputs_rounded: bool = False  # the port receives params / dout rounded to u_store (float16 graphs)
+
+    def plus(self, other: Rounding) -> Rounding:
+        """Two computations' rounding together (first-order bounds add): a candidate and the float64
+        reference it is compared with."""
+        return Rounding(self.u_acc + other.u_acc, self.u_store + other.u_store,
+                        max(self.c_fn, other.c_fn), max(self.depth_slack, other.depth_slack),
+                        self.tiny + other.tiny, max(self.lam, other.lam), f"{self.reason}; plus {other.reason}",
+                        self.inputs_rounded or other.inputs_rounded)
+
+
+# c_fn = 8 u: NumPy / libm / Eigen / MLAS exp and tanh are within 1-4 ulp (2-8 u), and a sigmoid written as
+# 1/(1+exp(-z)), exp(-|z|)/(1+...) or 0.5·tanh(z/2)+0.5 adds two roundings of a value <= 1; counted as an
+# absolute error because the tanh form loses relative accuracy for sigmoid(z) << 1.
+_C_FN = 8.0
+# depth_slack = 2: γ_n covers any order *within* one sum; a port that merges two stages of the reference
+# into one sum (e.g. MPT's dC as one einsum over (b, d) instead of Σ_b then @ R) or adds the two LSTM
+# biases separately has at most twice the depth the stage-wise analysis counts for these shapes. The
+# stress run (tests/test_oracle_stress.py) measures the largest ratio |error| / bound actually seen.
+_DEPTH_SLACK = 2.0
+# lam = 10: the probabilistic bound of Higham & Mary (SIAM J. Sci. Comput. 41(5), 2019): a sum of n terms
+# with independent rounding errors is within lam·√n·u·Σ|terms| with probability >= 1 − 2n·exp(−lam²/2)
+# (lam = 10: 1 − n·4e-22). Root-sum-square propagation of these scales does not blow up through the
+# LSTM recurrence the way the worst case |W_hh|·e does (e grows ~(√H/2)^T; s contracts with Σ_j W_ij²).
+_LAMBDA = 10.0
+ROUNDING = {
+    "float64": Rounding(2.0 ** -53, 2.0 ** -53, _C_FN, _DEPTH_SLACK, 2.3e-308, _LAMBDA,
+                        "float64 port: IEEE double, any summation order"),
+    "float32": Rounding(2.0 ** -24, 2.0 ** -24, _C_FN, _DEPTH_SLACK, 1.2e-38, _LAMBDA,
+                        "float32 port: IEEE single, any summation order"),
+    # float16 storage, float32 accumulation (GPU / MLAS half kernels): every stored result rounded to
+    # 2^-11, sums and products inside a kernel in float32; floor 6.1e-5 = float16's smallest normal.
+    "float16": Rounding(2.0 ** -24, 2.0 ** -11, _C_FN, _DEPTH_SLACK, 6.1e-5, _LAMBDA,
+                        "float16 storage with float32 accumulation"),
+}
+# What a candidate of each dtype is judged with: its own rounding plus the float64 reference's.
+CONFORMANCE = {name: r.plus(ROUNDING["float64"]) if name != "float64" else r.plus(r) for name, r in ROUNDING.items()}
