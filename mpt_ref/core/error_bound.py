@@ -79,7 +79,10 @@ class ErrorAlgebra:
 
     def _store(self, v: Array, e: Array, s: Array) -> Bounded:
         av = np.abs(v)
-        return Bounded(v, e + self.us * (av + e) + self.tiny, np.sqrt(_sq(s) + _sq(self.us * av)) + self.tiny)
+        e = e + self.us * (av + e) + self.tiny
+        s = np.sqrt(_sq(s) + _sq(self.us * av)) + self.tiny
+        # a bound that overflowed (0 · inf = NaN downstream) means "no bound": keep it infinite
+        return Bounded(v, np.where(np.isnan(e), np.inf, e), np.where(np.isnan(s), np.inf, s))
 
     # inputs -------------------------------------------------------------------------------------
     def exact(self, x: Array) -> Bounded:
@@ -137,6 +140,9 @@ class ErrorAlgebra:
         for b in biases:
             v, e, s2 = v + b.v, e + b.e, s2 + _sq(b.s)
             mag, mag_e = mag + np.abs(b.v), mag_e + np.abs(b.v) + b.e
+        # a port may store the product before adding the biases (float16: rounded to u_store): charge
+        # the storage rounding on Σ|terms| rather than on the (possibly cancelled) result
+        e, s2 = e + self.us * mag_e, s2 + _sq(self.us * mag)
         return self._contract(v, e, s2, mag, mag_e, n + 1)
 
     def sum(self, a: Bounded, axis: int) -> Bounded:
