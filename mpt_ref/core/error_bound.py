@@ -48,7 +48,8 @@ class Bounded(NamedTuple):
     def bound(self, lam: float) -> Array:
         """The bound used: the smaller of the worst case and lam · s (an overflowed e is ignored)."""
         with np.errstate(invalid="ignore", over="ignore"):
-            return np.fmin(self.e, lam * self.s)
+            b = np.fmin(self.e, lam * self.s)  # fmin ignores a NaN (overflowed) side
+        return np.where(np.isnan(b), np.inf, b)
 
 
 def _f64(x: Array) -> Array:
@@ -79,10 +80,8 @@ class ErrorAlgebra:
 
     def _store(self, v: Array, e: Array, s: Array) -> Bounded:
         av = np.abs(v)
-        e = e + self.us * (av + e) + self.tiny
-        s = np.sqrt(_sq(s) + _sq(self.us * av)) + self.tiny
-        # a bound that overflowed (0 · inf = NaN downstream) means "no bound": keep it infinite
-        return Bounded(v, np.where(np.isnan(e), np.inf, e), np.where(np.isnan(s), np.inf, s))
+        # a bound that overflowed turns into NaN downstream (0 · inf): NaN means "no bound" (see bound())
+        return Bounded(v, e + self.us * (av + e) + self.tiny, np.sqrt(_sq(s) + _sq(self.us * av)) + self.tiny)
 
     # inputs -------------------------------------------------------------------------------------
     def exact(self, x: Array) -> Bounded:
@@ -187,7 +186,7 @@ class ErrorAlgebra:
         on = pre.v > 0
 
         def err(r: Array, dr: Array) -> Array:
-            unsure = (np.abs(pre.v) <= r) & (r > 0)
+            unsure = ~(np.abs(pre.v) > r) & ~(r <= 0)  # a NaN (overflowed) radius counts as unsure
             return np.where(unsure, np.abs(d.v) + dr, np.where(on, dr, 0.0))
 
         return Bounded(d.v * on, err(pre.e, d.e), err(self.lam * pre.s, d.s))

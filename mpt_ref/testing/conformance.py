@@ -46,7 +46,7 @@ import numpy as np
 from hypothesis import Phase, given, seed as hseed, settings as hsettings
 from hypothesis import strategies as st
 
-from mpt_ref.modules.bounds import TensorCheck, check_tensor, expected, rounding_for
+from mpt_ref.modules.bounds import Expected, TensorCheck, check_tensor, expected, rounding_for
 from mpt_ref.modules.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.tolerances import Rounding
@@ -104,11 +104,18 @@ def _nearest_input_first(keys: list[str]) -> list[str]:
     return sorted(keys, key=rank)
 
 
+def case_expected(kind: Kind, case: hs.Case, dtype: np.dtype, rounding: Rounding | None = None,
+                  gradients: bool = True) -> Expected:
+    """The reference and error bounds of one case (modules.bounds.expected)."""
+    return expected(kind, case.params, case.inputs, case.dout if gradients else None, dtype,
+                    dropout_scales=dropout_scales(case), rounding=rounding)
+
+
 def check_case(kind: Kind, case: hs.Case, forward: Forward, backward: Backward | None, dtype: np.dtype,
-               rounding: Rounding | None = None) -> list:
-    """Every TensorCheck of one case (output first, then gradients nearest the input first)."""
-    ex = expected(kind, case.params, case.inputs, case.dout if backward is not None else None, dtype,
-                  dropout_scales=dropout_scales(case), rounding=rounding)
+               rounding: Rounding | None = None, ex: Expected | None = None) -> list:
+    """Every TensorCheck of one case (output first, then gradients nearest the input first). ex: the
+    case's ``case_expected`` when already computed (several ports judged on one case)."""
+    ex = ex or case_expected(kind, case, dtype, rounding, backward is not None)
     copy = lambda: {k: v.copy() for k, v in case.params.items()}  # noqa: E731
     checks = [check_tensor("case", "output", forward(copy(), *call_inputs(kind, case), case.config),
                            ex.output, ex.output_bound, dtype=dtype)]
