@@ -132,3 +132,23 @@ ROUNDING = {
 }
 # What a candidate of each dtype is judged with: its own rounding plus the float64 reference's.
 CONFORMANCE = {name: r.plus(ROUNDING["float64"]) if name != "float64" else r.plus(r) for name, r in ROUNDING.items()}
+
+# Exported ONNX graphs (onnx_export/parity.py, verify --onnx), keyed by (export dtype, provider): the
+# graph's parameters are rounded to the export dtype (inputs_rounded), everything else as for a port.
+# ONNX Runtime's float16 CPU kernels and the float16 ReferenceEvaluator (NumPy) accumulate in float32.
+# TF32 MatMul (CUDA, use_tf32=1) rounds the factors of every product to a 10-bit mantissa: u_acc = 2^-11.
+_GRAPH_F32 = CONFORMANCE["float32"]._replace(inputs_rounded=True, reason="float32 graph: parameters rounded to "
+                                             "float32, any summation order, float32 sigmoid/tanh")
+_GRAPH_F16 = CONFORMANCE["float16"]._replace(inputs_rounded=True, reason="float16 graph: parameters and every "
+                                             "stored result rounded to float16 (2^-11), float32 accumulation")
+ONNX_ROUNDING = {
+    ("float32", "cpu"): _GRAPH_F32,
+    ("float32", "onnx-reference"): _GRAPH_F32,
+    ("float32", "cuda"): _GRAPH_F32._replace(reason="float32 CUDA EP, use_tf32=0: IEEE float32, other order"),
+    ("float32", "cuda-tf32"): _GRAPH_F32._replace(u_acc=2.0 ** -11 + 2.0 ** -53, reason="float32 CUDA EP with "
+                                                  "TF32 MatMul: products of 10-bit-mantissa factors (2^-11)"),
+    ("float16", "cpu"): _GRAPH_F16,
+    ("float16", "onnx-reference"): _GRAPH_F16,
+    ("float16", "cuda"): _GRAPH_F16._replace(reason="float16 CUDA EP: float16 storage, float32 accumulation"),
+    ("float16", "cuda-tf32"): _GRAPH_F16._replace(reason="float16 CUDA EP: TF32 applies to float32 MatMul only"),
+}

@@ -6,7 +6,6 @@ import argparse
 import sys
 
 from mpt_ref.conformance import vectors as vec
-from mpt_ref.errors import InputError
 
 
 def _vectors(args: argparse.Namespace) -> int:
@@ -16,18 +15,30 @@ def _vectors(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from mpt_ref.conformance import report
+
     if args.onnx:
-        if not args.config:
-            raise InputError("--config: expected an adapter_config.json for --onnx, got none")
         from onnx_export.foreign import verify_onnx
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        report = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
-        print(report.format())
-        return 0 if report.ok else 1
-    checks = vec.verify_directory(args.vectors, args.candidate, progress=lambda m: print(m, file=sys.stderr))
-    print(vec.format_report(checks))
-    return 0 if checks and all(c.ok for c in checks) else 1
+        result = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
+        print(result.format())
+        report.write_reports(result.comparisons, result.verdict_line(), json_path=args.json,
+                             junit_path=args.junit_xml, suite=f"mpt-ref verify --onnx {args.onnx}",
+                             module=result.module, variant=result.variant, dtype=result.dtype)
+        return 0 if result.ok else 1
+    from mpt_ref.conformance.verify import verify_directory
+
+    result = verify_directory(args.vectors, args.candidate, module=args.module, forward_only=args.forward_only,
+                              progress=lambda m: print(m, file=sys.stderr))
+    verdict = ("PASS" if result.ok else "FAIL") + f": {report.summary_line(result.checks)} in {len(result.cases)} cases" + (
+        " (forward only: gradients NOT checked)" if result.forward_only else " (outputs and gradients)")
+    print(report.format_table(result.checks))
+    print(verdict)
+    report.write_reports(result.checks, verdict, json_path=args.json, junit_path=args.junit_xml,
+                         suite="mpt-ref verify --candidate", cases=result.cases, forward_only=result.forward_only,
+                         module=None if result.module is None else result.module.value)
+    return 0 if result.ok else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "vectors (--candidate), or an ONNX model against the reference (--onnx)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--candidate",
-                      help="directory with <case>/output.safetensors (key 'output') and optionally "
-                           "<case>/grads.safetensors (PEFT keys), one subdirectory per case")
+                      help="directory with <case>/output.safetensors (key 'output') and <case>/grads.safetensors "
+                           "(PEFT keys), one subdirectory per case")
     what.add_argument("--onnx", help="an ONNX model made by anyone (e.g. torch.onnx.export of a PEFT module)")
     p.add_argument("--vectors", default="spec/vectors", help="with --candidate: vectors directory (default spec/vectors)")
-    p.add_argument("--config", help="with --onnx: adapter_config.json (or its directory) of the module")
+    p.add_argument("--module", help="with --candidate: check only the cases of this module kind (prompt_embedding, "
+                                    "mpt, mlp_encoder, lstm_encoder)")
+    p.add_argument("--forward-only", action="store_true",
+                   help="with --candidate: check outputs only (gradients are required otherwise)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
+    p.add_argument("--junit-xml", metavar="FILE", help="also write the report as JUnit XML to FILE (CI systems)")
+    p.add_argument("--config", help="with --onnx: adapter_config.json (or its directory) of the module; default: "
+                                    "the config stamped in the model's mpt_ref.config metadata")
     p.add_argument("--checkpoint", help="with --onnx: safetensors weights under PEFT keys (default: the "
                                         "model's initializers named by PEFT keys)")
     p.add_argument("--providers", default="cpu", help="with --onnx: comma-separated providers (default cpu)")

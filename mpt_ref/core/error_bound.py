@@ -91,7 +91,7 @@ class ErrorAlgebra:
     def param(self, x: Array) -> Bounded:
         """A parameter or upstream gradient as the port receives it (rounded when inputs_rounded)."""
         x = _f64(x)
-        e = self.r.u_store * np.abs(x) if self.r.inputs_rounded else np.zeros_like(x)
+        e = self.r.u_store * np.abs(x) + self.tiny if self.r.inputs_rounded else np.zeros_like(x)  # + underflow
         return Bounded(x, e, e.copy())
 
     def constant(self, x: Array) -> Bounded:

@@ -43,10 +43,18 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from hypothesis import Phase, given, seed as hseed, settings as hsettings
+from hypothesis import Phase, given
+from hypothesis import seed as hseed
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from mpt_ref.modules.bounds import Expected, TensorCheck, check_tensor, expected, rounding_for
+from mpt_ref.modules.bounds import (
+    Expected,
+    TensorCheck,
+    check_tensor,
+    expected,
+    rounding_for,
+)
 from mpt_ref.modules.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.tolerances import Rounding
