@@ -71,19 +71,19 @@ def transpose(key):
     return lambda params: {**params, key: params[key].T.copy()}
 
 
-def overwriting_mpt_backward(params, grad_output, indices, task_ids, config):
+def overwriting_mpt_backward(params, dout, indices, task_ids, config):
     """Scatter by assignment: repeated ids / tasks keep only one contribution."""
     _, cache = mpt_forward(params, indices, task_ids)
-    grads = mpt_backward(grad_output, cache)
-    D = grad_output.shape[-1]
-    x_rows = np.broadcast_to(cache.x, grad_output.shape)
-    dx = grad_output * cache.task_prompts[cache.inverse]
+    grads = mpt_backward(dout, cache)
+    D = dout.shape[-1]
+    x_rows = np.broadcast_to(cache.x, dout.shape)
+    dx = dout * cache.task_prompts[cache.inverse]
     dE = np.zeros_like(params["embedding.weight"])
     dE[indices.reshape(-1)] = dx.reshape(-1, D)  # BUG: = instead of +=
     dC = np.zeros_like(params["prefix_task_cols"])
     tasks = np.broadcast_to(task_ids, (indices.shape[0],))
     for b, t in enumerate(tasks):
-        dC[t] = (grad_output[b] * x_rows[b]) @ params["prefix_task_rows"][t].T  # BUG: = instead of +=
+        dC[t] = (dout[b] * x_rows[b]) @ params["prefix_task_rows"][t].T  # BUG: = instead of +=
     return {**grads, "embedding.weight": dE, "prefix_task_cols": dC}
 
 

@@ -1,9 +1,9 @@
-"""Conformance cases as data, and how each is built into (module, inputs, grad_output).
+"""Conformance cases as data, and how each is built into (module, inputs, dout).
 
 A case names a module kind, a config in ``adapter_config.json`` form, a seed, a dtype and the input
 shape. ``build_case`` is the only place that turns a case into arrays: the module is constructed with
 ``seed`` (mpt_ref's init, spec/init.md), inputs and the upstream gradient come from
-``numpy.random.default_rng(seed + 1)`` in a fixed draw order (indices, task ids, grad_output).
+``numpy.random.default_rng(seed + 1)`` in a fixed draw order (indices, task ids, dout).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def build_case_module(spec: CaseSpec) -> Any:
 
 
 def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(inputs, grad_output) for ``module``; inputs has "indices" and, for MPT, "task_ids"."""
+    """(inputs, dout) for ``module``; inputs has "indices" and, for MPT, "task_ids"."""
     rng = np.random.default_rng(spec.seed + 1)
     T, D, B = module.total_virtual_tokens, module.token_dim, spec.batch
     if spec.indices == "arange":
@@ -160,18 +160,19 @@ def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np
     if spec.module == Kind.MPT:
         tasks = spec.task_ids if spec.task_ids is not None else rng.integers(0, module.num_tasks, size=B)
         inputs["task_ids"] = np.asarray(tasks, dtype=np.int64)
-    grad_output = rng.standard_normal((B, T, D)).astype(spec.dtype)
-    return inputs, grad_output
+    dout = rng.standard_normal((B, T, D)).astype(spec.dtype)
+    return inputs, dout
 
 
 def run_reference(spec: CaseSpec) -> dict[str, Any]:
-    """Everything a vector holds: params, inputs, grad_output, output and parameter gradients."""
+    """Everything a vector holds: params, inputs, dout (file key grad_output), output and parameter
+    gradients."""
     module = build_case_module(spec)
-    inputs, grad_output = build_inputs(spec, module)
+    inputs, dout = build_inputs(spec, module)
     return {
         "params": module.state_dict(),
         "inputs": inputs,
-        "grad_output": grad_output,
+        "dout": dout,
         "output": module.forward(**inputs),
-        "grads": module.backward(grad_output, **inputs),
+        "grads": module.backward(dout, **inputs),
     }

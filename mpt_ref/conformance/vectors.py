@@ -99,7 +99,7 @@ def case_files(spec: CaseSpec) -> dict[str, bytes]:
     ref = run_reference(spec)
     tensors = {
         "params": ref["params"],
-        "inputs": {**ref["inputs"], "grad_output": ref["grad_output"]},
+        "inputs": {**ref["inputs"], "grad_output": ref["dout"]},  # file key: grad_output
         "output": {"output": ref["output"]},
         "grads": ref["grads"],
     }
