@@ -119,6 +119,24 @@ CASES: tuple[CaseSpec, ...] = (
     CaseSpec("lstm_l2_f32", "lstm_encoder",
              _enc("LSTM", num_virtual_tokens=4, token_dim=3, encoder_hidden_size=4, encoder_num_layers=2),
              "float32", dtype="float32"),
+    # past kernels' vector/tile widths: B >= 8, H >= 16, D >= 33, T == R > 1 (a port wrong only in a loop's
+    # tail or past one tile fails these and none of the small ones)
+    CaseSpec("pt_wide", "prompt_embedding", _pt(num_virtual_tokens=5, token_dim=33), "D = 33, B = 9, repeated ids",
+             indices="random", batch=9),
+    CaseSpec("mpt_wide_t_eq_r", "mpt", _mpt(num_virtual_tokens=5, token_dim=33, num_tasks=3, num_ranks=5),
+             "T == R = 5, D = 33, B = 9, unsorted repeated tasks", task_ids=(2, 0, 2, 1, 1, 0, 2, 2, 1), batch=9),
+    CaseSpec("mpt_wide_f32", "mpt", _mpt(num_virtual_tokens=17, token_dim=65, num_tasks=2, num_ranks=17),
+             "float32, T == R = 17, D = 65, B = 8", dtype="float32", task_ids=(1, 0, 0, 1, 1, 1, 0, 1), batch=8),
+    CaseSpec("mlp_wide", "mlp_encoder", _enc("MLP", num_virtual_tokens=4, token_dim=33, encoder_hidden_size=17),
+             "H = 17, D = 33, B = 8", batch=8),
+    CaseSpec("mlp_wide_f32", "mlp_encoder", _enc("MLP", num_virtual_tokens=9, token_dim=17, encoder_hidden_size=33),
+             "float32, H = 33, D = 17, B = 9", dtype="float32", batch=9),
+    CaseSpec("lstm_wide", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=5, token_dim=9, encoder_hidden_size=17, encoder_num_layers=2),
+             "H = 17, D = 9, T = 5, L = 2, B = 8", batch=8),
+    CaseSpec("lstm_wide_f32", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=9, token_dim=33, encoder_hidden_size=16, encoder_num_layers=1),
+             "float32, H = 16, D = 33, T = 9, B = 9", dtype="float32", batch=9),
 )
 
 
