@@ -6,13 +6,18 @@ vector verifier) has to fail on it. The controls (unmodified ports) have to pass
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 import mpt_ref
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.cases import CASES
-from mpt_ref.conformance.verify import verify_directory
+from mpt_ref.conformance.verify import selected_cases, verify_directory
+from mpt_ref.modules.config import config_from_dict
+from mpt_ref.modules.kind import Kind
 from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.testing.conformance import assert_conforms
 
@@ -199,7 +204,6 @@ def test_average_of_products_is_caught_by_the_vectors(tmp_path):
     indices = case.tensors["inputs"]["indices"]
     buggy = E[indices] * avg_of_products
     (tmp_path / "port" / spec.name).mkdir(parents=True)
-    from safetensors.numpy import save_file
     save_file({"output": buggy}, str(tmp_path / "port" / spec.name / "output.safetensors"))
     checks = verify_directory(tmp_path / "vectors", tmp_path / "port", forward_only=True).checks
     assert [c.ok for c in checks] == [False]
@@ -207,3 +211,25 @@ def test_average_of_products_is_caught_by_the_vectors(tmp_path):
     correct = E[indices] * (c_avg.astype(np.float64) @ r_avg.astype(np.float64))
     save_file({"output": correct}, str(tmp_path / "port" / spec.name / "output.safetensors"))
     assert [c.ok for c in verify_directory(tmp_path / "vectors", tmp_path / "port", forward_only=True).checks] == [True]
+
+
+VECTORS = Path(__file__).resolve().parents[1] / "spec" / "vectors"
+
+
+@pytest.mark.parametrize("bug", sorted(SIZE_BUGS))
+def test_size_bug_is_caught_by_the_vectors(bug, tmp_path):
+    """The vectors now hold B >= 8, H >= 16, D >= 33, T == R > 1: each size-only bug fails a case."""
+    kw = SIZE_BUGS[bug]
+    kind = Kind.parse(kw["module"])
+    for name in selected_cases(VECTORS, kind):
+        case = vec.read_case(VECTORS, name)
+        inputs = case.tensors["inputs"]
+        args = [inputs["indices"], inputs["task_ids"]] if kind == Kind.MPT else [inputs["indices"]]
+        if kind.is_encoder:
+            args.append(None)
+        out = kw["forward"](dict(case.tensors["params"]), *args, config_from_dict(case.record["config"]))
+        (tmp_path / name).mkdir()
+        save_file({"output": np.ascontiguousarray(out)}, str(tmp_path / name / "output.safetensors"))
+    result = verify_directory(VECTORS, tmp_path, module=kind, forward_only=True)
+    assert not result.ok, bug
+    assert any("wide" in c.case for c in result.checks if not c.ok)  # the new, larger cases see it
