@@ -24,7 +24,11 @@ import numpy as np
 import pytest
 from _ports import BACKENDS, Port
 
-from mpt_ref.modules.config import MultitaskPromptTuningConfig, PromptEncoderConfig, PromptTuningConfig
+from mpt_ref.modules.config import (
+    MultitaskPromptTuningConfig,
+    PromptEncoderConfig,
+    PromptTuningConfig,
+)
 from mpt_ref.modules.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.conformance import case_expected, check_case

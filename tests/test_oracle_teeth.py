@@ -16,10 +16,11 @@ import mpt_ref
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.cases import CASES
 from mpt_ref.conformance.verify import selected_cases, verify_directory
+from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.modules.config import config_from_dict
 from mpt_ref.modules.kind import Kind
-from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.testing.conformance import assert_conforms
+
 
 def encoder_port(tamper=lambda p: p):
     """mpt-ref's PromptEncoder as a port built from the config it is handed, with ``tamper`` applied to

@@ -161,7 +161,7 @@ def check_tensor(case: str, tensor: str, got: Any, want: Array, bound: Array, *,
     size = int(w.size)
     if size == 0:
         return TensorCheck(case, tensor, True, size=0, max_abs=0.0, ratio=0.0, provider=provider, extra=tuple(extra))
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.where(bad, np.inf, 0.0) if not np.any(np.isfinite(err)) else np.where(
             err == 0, 0.0, err / bnd)
     ratio = np.where(np.isnan(ratio) | mismatch, np.inf, ratio)
