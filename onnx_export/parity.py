@@ -159,7 +159,7 @@ class ParityReport:
             lines.append(f"{c.case:<30} {c.provider:<15} {c.max_abs:>9.2e} {c.ratio:>7.2g} "
                          f"{extra.get('max_ulp', 0):>8d} {nan:>11}  {verdict}")
         for p in sorted({c.provider for c in self.comparisons}):
-            lines.append(f"  bound {p}: {onnx_rounding(self.dtype, p).reason} (spec/tolerances.md)")
+            lines.append(f"  tolerance {p}: per-entry error bound, {onnx_rounding(self.dtype, p).reason} (spec/tolerances.md)")
         lines.append(self.verdict_line())
         return "\n".join(lines)
 
