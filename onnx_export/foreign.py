@@ -4,14 +4,20 @@ The model needs one int64 input of rank 2 (the prompt indices, B×T) and, for MP
 rank 1 (task ids); names are free. Weights come from ``checkpoint`` (a safetensors state dict under
 PEFT keys, or a PEFT adapter file) or else from the model's initializers whose names are PEFT keys
 (true of ``torch.onnx.export`` for the embedding and MPT factors, not for its converted LSTM weights).
-Inputs are generated in range only: foreign graphs have no id policy to check. A model exported by
-mpt-ref itself is judged by its stamped variant (a folded MPT/LSTM graph answers PEFT's rows only). ``mpt-ref verify
---onnx`` is the command.
+Without a checkpoint the reference takes its weights from the model itself, so a weight-conversion bug
+(rows of two tasks swapped, a transposed matrix) cannot be seen: the report's verdict line says so.
+The config comes from ``config_path`` or else from the model's ``mpt_ref.config`` metadata (stamped by
+onnx_export). Inputs are generated in range only: foreign graphs have no id policy to check. A model
+exported by mpt-ref itself is judged by its stamped variant (a folded MPT/LSTM graph answers PEFT's rows
+only). Judged with the error model of spec/tolerances.md through parity.run_cases, the same provider
+loop as ``check_parity``. ``mpt-ref verify --onnx`` is the command.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,10 +29,8 @@ from mpt_ref.interop.build import build_module
 from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from onnx_export._spec import module_spec
-from onnx_export.exporter import metadata
-from onnx_export.parity import Comparison, ParityReport, compare, tolerance
-from onnx_export.reference import expected_output
-from onnx_export.runtimes import Runner
+from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata
+from onnx_export.parity import ParityReport, run_cases
 
 _ONNX_FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
@@ -56,9 +60,28 @@ def weights_from_initializers(model: onnx.ModelProto, keys: Sequence[str]) -> di
     return found
 
 
+WEIGHTS_FROM_MODEL = ("weights taken from the model itself (no --checkpoint): a weight-conversion bug "
+                      "cannot be seen")
+
+
+def _build(model: onnx.ModelProto, config_path: str | os.PathLike | None, checkpoint: str | os.PathLike | None,
+           seed: int) -> Any:
+    """The reference module: config from ``config_path`` or the model's mpt_ref.config metadata."""
+    if config_path is not None:
+        return build_module(str(config_path), None if checkpoint is None else str(checkpoint), Kind.MPT, seed)
+    stamped = metadata(model).get("config")
+    if not stamped or stamped == "{}":
+        raise InputError("--config: expected an adapter_config.json, got none (and the model has no "
+                         "mpt_ref.config metadata to read it from)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "adapter_config.json"
+        path.write_text(stamped)
+        return build_module(str(path), None if checkpoint is None else str(checkpoint), Kind.MPT, seed)
+
+
 def verify_onnx(
     model_path: str | os.PathLike,
-    config_path: str | os.PathLike,
+    config_path: str | os.PathLike | None = None,
     checkpoint: str | os.PathLike | None = None,
     *,
     providers: Sequence[str] = ("cpu",),
@@ -68,7 +91,7 @@ def verify_onnx(
     """Run the model on in-range inputs (PEFT's arange rows and random rows, and a second batch size
     when the batch is dynamic) and compare with the float64 reference of the configured module."""
     model = onnx.load(str(model_path))
-    module: Any = build_module(str(config_path), None if checkpoint is None else str(checkpoint), Kind.MPT, seed)
+    module: Any = _build(model, config_path, checkpoint, seed)
     if checkpoint is None:
         module.load_state_dict(weights_from_initializers(model, list(module.state_dict())))
     spec = module_spec(module)
@@ -91,20 +114,11 @@ def verify_onnx(
         tasks = rng.integers(0, max(spec.K, 1), size=b)
         cases.append((f"peft rows, B={b}", np.tile(np.arange(T), (b, 1)), tasks))
         cases.append((f"random rows, B={b}", rng.integers(0, T, size=(b, T)), tasks))
-    comparisons = []
-    for provider in providers:
-        tol = tolerance(dtype, provider)
-        runner = Runner(model, provider)
-        for name, indices, tasks in cases:
-            feeds = {idx_info.name: indices.astype(np.int64)}
-            if task_info is not None:
-                feeds[task_info.name] = tasks.astype(np.int64)
-            want = expected_output(spec, indices, tasks if spec.kind == Kind.MPT else None, variant=variant)
-            try:
-                got = runner.run(feeds)
-            except Exception as exc:  # a runtime refusing an input is a failure, reported
-                comparisons.append(Comparison(name, provider, (), np.inf, np.inf, 0, 0.0, 0, 0, tol, False,
-                                              f"{type(exc).__name__}: {str(exc)[:200]}"))
-                continue
-            comparisons.append(compare(name, provider, got, want, tol))
-    return ParityReport(spec.module_name, "foreign", dtype, comparisons)
+    names = {INPUT_INDICES: idx_info.name, **({INPUT_TASK_IDS: task_info.name} if task_info is not None else {})}
+    feeds = [(name, {INPUT_INDICES: indices, **({INPUT_TASK_IDS: tasks} if task_info is not None else {})})
+             for name, indices, tasks in cases]
+    if spec.kind != Kind.MPT:
+        feeds = [(name, {INPUT_INDICES: f[INPUT_INDICES]}) for name, f in feeds]
+    comparisons = run_cases(model, spec, feeds, providers, dtype=dtype, variant=variant, input_names=names)
+    return ParityReport(spec.module_name, "foreign", dtype, comparisons,
+                        weights=WEIGHTS_FROM_MODEL if checkpoint is None else "")

@@ -1,19 +1,13 @@
 """Parity of an exported model with the float64 reference, per execution provider.
 
-For each input case and provider: the output's max abs error, max relative error, max ULP distance
-(in the export dtype, against the reference rounded to that dtype), the tolerance used and a
-verdict. NaN must appear exactly where spec/onnx.md's id policy puts it (``reference.py``).
+For each input case and provider: one ``TensorCheck`` (mpt_ref.modules.bounds) — max abs error, max
+|error| / bound, the worst entry — plus the max ULP distance in the export dtype and the NaN counts.
+Every entry the reference says is a number must lie within its own rounding-error bound for a graph
+in the export dtype (spec/tolerances.md: the same error model as assert_conforms and verify
+--candidate); the graph's parameters count as rounded to the export dtype. NaN must appear exactly
+where spec/onnx.md's id policy puts it (``reference.py``).
 
-A case passes when every entry the reference says is a number satisfies
-
-    |got − want| <= atol · s + rtol · |want|,   s = max(max |want| over the case, tiny),
-
-with (rtol, atol) = ``mpt_ref.tolerances.ONNX_PARITY[(dtype, provider)]``. atol is relative to the
-prompt's own scale s because prompts differ in scale by orders of magnitude (a fresh MPT prompt is
-~4e-4·√R, an encoder's ~1), while the rounding error of a sum is proportional to its terms, not to
-its (possibly cancelled) result. ``tiny`` is the export dtype's smallest normal number (6.1e-5 for
-float16): a prompt smaller than that has no relative precision left in the dtype (its entries are
-subnormal or flush to zero), so its error is judged against that floor instead.
+``run_cases`` is the one provider loop, shared with ``foreign.py`` (verify --onnx).
 """
 
 from __future__ import annotations
@@ -27,8 +21,9 @@ import onnx
 
 from mpt_ref import tolerances
 from mpt_ref.errors import InputError
+from mpt_ref.modules.bounds import TensorCheck, check_tensor, expected
 from mpt_ref.modules.kind import Kind
-from mpt_ref.tolerances import Tol
+from mpt_ref.tolerances import Rounding
 from onnx_export._spec import ModuleSpec, module_spec
 from onnx_export.exporter import (
     INPUT_INDICES,
@@ -54,43 +49,56 @@ def ulp_distance(got: np.ndarray, want: np.ndarray) -> np.ndarray:
     return np.abs(ordered_bits(got) - ordered_bits(want.astype(got.dtype)))
 
 
-@dataclasses.dataclass(frozen=True)
-class Comparison:
-    case: str
-    provider: str
-    shape: tuple[int, ...]
-    max_abs: float
-    max_rel: float       # over entries whose |want| is a normal number of the export dtype
-    max_ulp: int
-    scale: float         # s = max |want|
-    nan_expected: int    # entries the policy makes NaN
-    nan_mismatch: int    # entries NaN in exactly one of got / want (or inf in got)
-    tol: Tol
-    ok: bool
-    error: str = ""      # a runtime error instead of an output
+def onnx_rounding(dtype: str, provider: str) -> Rounding:
+    """The error model of a graph in ``dtype`` on ``provider`` (mpt_ref.tolerances.ONNX_ROUNDING)."""
+    try:
+        return tolerances.ONNX_ROUNDING[(dtype, provider)]
+    except KeyError:
+        raise InputError(f"provider: expected a (dtype, provider) in ONNX_ROUNDING, got {(dtype, provider)}") from None
 
 
-def compare(case: str, provider: str, got: np.ndarray, want: np.ndarray, tol: Tol) -> Comparison:
-    """got (export dtype) vs want (float64, NaN where the policy says) under ``tol`` (module doc)."""
-    if got.shape != want.shape:
-        return Comparison(case, provider, tuple(got.shape), np.inf, np.inf, 0, 0.0, 0, 0, tol, False,
-                          f"shape {got.shape} != expected {want.shape}")
-    nan_want = np.isnan(want)
-    mismatch = int(np.count_nonzero(nan_want != np.isnan(got)) + np.count_nonzero(np.isinf(got)))
-    both = ~nan_want & np.isfinite(got)
-    g, w = got[both].astype(np.float64), want[both]
-    tiny = float(np.finfo(got.dtype).tiny)  # smallest normal number: below it no relative precision
-    scale = max(float(np.max(np.abs(w), initial=0.0)), tiny)
-    err = np.abs(g - w)
-    normal = np.abs(w) >= np.finfo(got.dtype).tiny  # below it the dtype itself has no relative precision
-    rel = err[normal] / np.abs(w[normal])
-    ok = mismatch == 0 and bool(np.all(err <= tol.atol * scale + tol.rtol * np.abs(w)))
-    return Comparison(
-        case, provider, tuple(got.shape),
-        max_abs=float(err.max(initial=0.0)), max_rel=float(rel.max(initial=0.0)),
-        max_ulp=int(ulp_distance(got[both], w).max(initial=0)), scale=scale,
-        nan_expected=int(nan_want.sum()), nan_mismatch=mismatch, tol=tol, ok=ok,
-    )
+def expected_with_bound(spec: ModuleSpec, feeds: dict[str, np.ndarray], variant: str, rounding: Rounding
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """want (float64, NaN per the id policy) and the per-entry bound (computed on the ids made valid)."""
+    want = expected_output(spec, **feeds, variant=variant)
+    idx = np.asarray(feeds[INPUT_INDICES])
+    inputs = {"indices": np.where((idx >= 0) & (idx < spec.T), idx, 0)}
+    if spec.kind == Kind.MPT:
+        t = np.broadcast_to(np.asarray(feeds[INPUT_TASK_IDS]).reshape(-1), (idx.shape[0],))
+        inputs["task_ids"] = np.where((t >= 0) & (t < spec.K), t, 0)
+    bound = expected(spec.kind, spec.params, inputs, None, None, rounding=rounding).output_bound
+    return want, bound
+
+
+def compare(case: str, provider: str, got: np.ndarray, want: np.ndarray, bound: np.ndarray) -> TensorCheck:
+    """got (export dtype) vs want (float64, NaN where the policy says) within ``bound`` per entry."""
+    c = check_tensor(case, "output", got, want, bound, provider=provider, nan_expected=True)
+    if c.note:
+        return c
+    both = ~np.isnan(want) & np.isfinite(got)
+    ulp = int(ulp_distance(got[both], want[both]).max(initial=0))
+    return dataclasses.replace(c, extra=(*c.extra, ("max_ulp", ulp)))
+
+
+def run_cases(model: onnx.ModelProto, spec: ModuleSpec, cases: Sequence[tuple[str, dict[str, np.ndarray]]],
+              providers: Sequence[str], *, dtype: str, variant: str,
+              input_names: dict[str, str] | None = None) -> list[TensorCheck]:
+    """The one provider loop: every case on every provider, judged by ``compare``. input_names maps our
+    feed names (indices, task_ids) to the graph's; a runtime error is a failed check, reported."""
+    names = input_names or {}
+    checks = []
+    for provider in providers:
+        rounding = onnx_rounding(dtype, provider)
+        runner = Runner(model, provider)
+        for name, feeds in cases:
+            want, bound = expected_with_bound(spec, feeds, variant, rounding)
+            try:
+                got = runner.run({names.get(k, k): np.asarray(v, dtype=np.int64) for k, v in feeds.items()})
+            except Exception as exc:  # a runtime refusing an input is a parity failure, reported
+                checks.append(TensorCheck.failed(name, "output", f"{type(exc).__name__}: {str(exc)[:200]}", provider))
+                continue
+            checks.append(compare(name, provider, got, want, bound))
+    return checks
 
 
 def parity_cases(spec: ModuleSpec, variant: str, *, batch: int = 3, seed: int = 0) -> list[tuple[str, dict[str, np.ndarray]]]:
@@ -123,7 +131,8 @@ class ParityReport:
     module: str
     variant: str
     dtype: str
-    comparisons: list[Comparison]
+    comparisons: list[TensorCheck]
+    weights: str = ""  # where the reference's weights came from, when that limits what can be seen
     notes: list[str] = dataclasses.field(default_factory=list)  # e.g. the model names another module
 
     @property
@@ -131,28 +140,35 @@ class ParityReport:
         return bool(self.comparisons) and all(c.ok for c in self.comparisons)
 
     def max_errors(self) -> dict[str, dict[str, float]]:
-        """provider -> {max_abs, max_rel, max_ulp} over all cases."""
+        """provider -> {max_abs, max_ratio, max_ulp} over all cases."""
         out: dict[str, dict[str, float]] = {}
         for c in self.comparisons:
-            m = out.setdefault(c.provider, {"max_abs": 0.0, "max_rel": 0.0, "max_ulp": 0})
-            m["max_abs"], m["max_rel"] = max(m["max_abs"], c.max_abs), max(m["max_rel"], c.max_rel)
-            m["max_ulp"] = max(m["max_ulp"], c.max_ulp)
+            m = out.setdefault(c.provider, {"max_abs": 0.0, "max_ratio": 0.0, "max_ulp": 0})
+            if np.isfinite(c.max_abs):
+                m["max_abs"] = max(m["max_abs"], c.max_abs)
+            if np.isfinite(c.ratio):
+                m["max_ratio"] = max(m["max_ratio"], c.ratio)
+            m["max_ulp"] = max(m["max_ulp"], dict(c.extra).get("max_ulp", 0))
         return out
+
+    def verdict_line(self) -> str:
+        line = f"verdict: {'PASS' if self.ok else 'FAIL'}"
+        return line + (f" ({self.weights})" if self.weights else "")
 
     def format(self) -> str:
         head = f"parity: {self.module} variant={self.variant} dtype={self.dtype} vs float64 reference"
-        cols = f"{'case':<30} {'provider':<15} {'max abs':>9} {'max rel':>9} {'max ulp':>8} {'NaN exp/bad':>11}  tolerance (rtol, atol·s)  verdict"
+        cols = f"{'case':<30} {'provider':<15} {'max abs':>9} {'/bound':>7} {'max ulp':>8} {'NaN exp/bad':>11}  verdict"
         lines = [head, cols]
         for c in self.comparisons:
-            verdict = "OK" if c.ok else f"FAIL{': ' + c.error if c.error else ''}"
-            lines.append(
-                f"{c.case:<30} {c.provider:<15} {c.max_abs:>9.2e} {c.max_rel:>9.2e} {c.max_ulp:>8d} "
-                f"{f'{c.nan_expected}/{c.nan_mismatch}':>11}  ({c.tol.rtol:g}, {c.tol.atol:g}·{c.scale:.2g})  {verdict}"
-            )
-        reasons = {(c.provider, c.tol.reason) for c in self.comparisons}
-        lines += [f"  tolerance {p}: {r}" for p, r in sorted(reasons)]
+            extra = dict(c.extra)
+            verdict = "OK" if c.ok else f"FAIL: {c.describe()}"
+            nan = f"{extra.get('nan_expected', 0)}/{extra.get('nan_mismatch', 0)}"
+            lines.append(f"{c.case:<30} {c.provider:<15} {c.max_abs:>9.2e} {c.ratio:>7.2g} "
+                         f"{extra.get('max_ulp', 0):>8d} {nan:>11}  {verdict}")
+        for p in sorted({c.provider for c in self.comparisons}):
+            lines.append(f"  tolerance {p}: per-entry error bound, {onnx_rounding(self.dtype, p).reason} (spec/tolerances.md)")
         lines += [f"note: {n}" for n in self.notes]
-        lines.append(f"verdict: {'PASS' if self.ok else 'FAIL'}")
+        lines.append(self.verdict_line())
         return "\n".join(lines)
 
 
@@ -172,13 +188,6 @@ def metadata_mismatches(meta: dict[str, str], module: Any, spec: ModuleSpec) -> 
         notes.append("the model's weights (mpt_ref.params_sha256) differ from the module rebuilt here, so "
                      "parity compares two different modules" + hint)
     return notes
-
-
-def tolerance(dtype: str, provider: str) -> Tol:
-    try:
-        return tolerances.ONNX_PARITY[(dtype, provider)]
-    except KeyError:
-        raise InputError(f"tolerance: expected a (dtype, provider) in ONNX_PARITY, got {(dtype, provider)}") from None
 
 
 def check_parity(
@@ -201,18 +210,7 @@ def check_parity(
                          f"got {meta.get('kind')!r}")
     variant, dtype = meta["variant"], meta["dtype"]
     cases = parity_cases(spec, variant, batch=batch, seed=seed)
-    comparisons = []
     for provider in providers:
         check_provider(provider)
-        tol = tolerance(dtype, provider)
-        runner = Runner(model, provider)
-        for name, feeds in cases:
-            want = expected_output(spec, **feeds, variant=variant)
-            try:
-                got = runner.run(feeds)
-            except Exception as exc:  # a runtime refusing an input is a parity failure, reported
-                comparisons.append(Comparison(name, provider, (), np.inf, np.inf, 0, 0.0, 0, 0, tol, False,
-                                              f"{type(exc).__name__}: {str(exc)[:200]}"))
-                continue
-            comparisons.append(compare(name, provider, got, want, tol))
-    return ParityReport(spec.module_name, variant, dtype, comparisons, metadata_mismatches(meta, module, spec))
+    comparisons = run_cases(model, spec, cases, providers, dtype=dtype, variant=variant)
+    return ParityReport(spec.module_name, variant, dtype, comparisons, notes=metadata_mismatches(meta, module, spec))

@@ -1,6 +1,6 @@
 """Running an exported model: onnxruntime on a named provider, or onnx.reference.ReferenceEvaluator.
 
-Provider names (the keys of the tolerance table ``mpt_ref.tolerances.ONNX_PARITY``):
+Provider names (keys of the error-model table ``mpt_ref.tolerances.ONNX_ROUNDING``):
 
     cpu             CPUExecutionProvider
     cuda            CUDAExecutionProvider with use_tf32=0 (strict float32 MatMul)

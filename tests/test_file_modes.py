@@ -59,6 +59,7 @@ def test_adapter_directory_follows_the_umask(tmp_path, umask_022):
 def test_vectors_and_cli_outputs_follow_the_umask(tmp_path, umask_022):
     vec.write_vectors(tmp_path / "vectors", CASES[:2])
     _assert_modes(tmp_path / "vectors", umask_022)
+    (tmp_path / "pt_basic").mkdir()  # one case present but empty: a failed verdict
     assert main(["verify", "--candidate", str(tmp_path), "--json", str(tmp_path / "v.json")]) == 1
     _assert_modes(tmp_path / "v.json", umask_022)
 

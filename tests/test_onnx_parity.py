@@ -18,7 +18,7 @@ import mpt_ref
 from mpt_ref.testing import strategies as hs
 from onnx_export import expected_output, export
 from onnx_export._spec import module_spec
-from onnx_export.parity import check_parity, compare, tolerance, ulp_distance
+from onnx_export.parity import check_parity, compare, expected_with_bound, onnx_rounding, ulp_distance
 from onnx_export.runtimes import Runner, available_providers
 
 RUNTIMES = ("cpu", "onnx-reference")
@@ -68,8 +68,8 @@ def check_all_runtimes(model, module, variant, batches, data):
         runner = Runner(model, provider)  # one session, several batch sizes
         for B in batches:
             f = data.draw(feeds(module, variant, B), label=f"feeds B={B}")
-            c = compare(f"B={B}", provider, runner.run(f), expected_output(spec, **f, variant=variant),
-                        tolerance(dtype, provider))
+            want, bound = expected_with_bound(spec, f, variant, onnx_rounding(dtype, provider))
+            c = compare(f"B={B}", provider, runner.run(f), want, bound)
             note(repr(c))
             assert c.ok, c
 
@@ -136,22 +136,27 @@ def test_ulp_distance_counts_representable_values():
 
 
 def test_compare_flags_nan_pattern_inf_shape_and_error():
-    t = tolerance("float32", "cpu")
+    t = np.array([[1e-5, 1e-5]])  # the per-entry bound
     want = np.array([[1.0, np.nan]])
     assert compare("c", "cpu", np.float32([[1.0, np.nan]]), want, t).ok
     assert not compare("c", "cpu", np.float32([[1.0, 0.0]]), want, t).ok  # NaN missing
     assert not compare("c", "cpu", np.float32([[np.nan, np.nan]]), want, t).ok  # NaN extra
     assert not compare("c", "cpu", np.float32([[np.inf, np.nan]]), want, t).ok
     assert not compare("c", "cpu", np.float32([1.0, np.nan]), want, t).ok  # shape
-    assert not compare("c", "cpu", np.float32([[1.001, np.nan]]), want, t).ok  # 1e-3 > 1e-5·s
+    assert not compare("c", "cpu", np.float32([[1.001, np.nan]]), want, t).ok  # 1e-3 > 1e-5
 
 
-def test_compare_judges_a_prompt_below_float16_range_against_its_floor():
-    """Found by hypothesis: an MPT prompt of 3.8e-23 (T=D=R=1) is 0 in float16; the error is judged
-    against float16's smallest normal number, not against the vanished prompt itself."""
-    t = tolerance("float16", "cpu")
-    assert compare("c", "cpu", np.float16([[[0.0]]]), np.array([[[3.783e-23]]]), t).ok
-    assert not compare("c", "cpu", np.float16([[[1e-4]]]), np.array([[[3.783e-23]]]), t).ok
+def test_a_prompt_below_float16_range_is_judged_against_the_underflow_floor():
+    """Found by hypothesis: an MPT prompt of 3.8e-23 (T=D=R=1) is 0 in float16; the bound's per-operation
+    floor (float16's smallest normal number, tolerances.ROUNDING) covers the vanished prompt."""
+    module = build("mpt", EDGE_CONFIGS["mpt"][0])  # T=D=K=R=1
+    module.load_state_dict({"prefix_task_cols": np.full((1, 1, 1), 1e-8), "prefix_task_rows": np.full((1, 1, 1), 1e-8),
+                            "embedding.weight": np.full((1, 1), 3.783e-7)})
+    spec = module_spec(module)
+    f = {"indices": np.zeros((1, 1), np.int64), "task_ids": np.zeros(1, np.int64)}
+    want, bound = expected_with_bound(spec, f, "faithful", onnx_rounding("float16", "cpu"))
+    assert compare("c", "cpu", np.float16([[[0.0]]]), want, bound).ok
+    assert not compare("c", "cpu", np.float16([[[1e-3]]]), want, bound).ok
 
 
 # -- the id policy (spec/onnx.md), expected NaN patterns written out here ------------------------------
@@ -177,7 +182,9 @@ def test_mpt_faithful_nans_exactly_what_invalid_ids_reach(dtype):
         assert nan.sum() == 4 * T * 3 + 2 * 3  # nothing else
         want = module.forward(np.where(idx < 0, 0, idx % T), np.where((tasks >= 0) & (tasks < K), tasks, 0))
         want = np.where(nan, np.nan, want.astype(np.float64))  # the class on the rows that stay valid
-        c = compare("valid rows", "cpu", got, want, tolerance(dtype, "cpu"))
+        _, bound = expected_with_bound(module_spec(module), {"indices": idx, "task_ids": tasks}, "faithful",
+                                       onnx_rounding(dtype, "cpu"))
+        c = compare("valid rows", "cpu", got, want, bound)
         assert c.ok, c
 
 

@@ -19,33 +19,33 @@ from peft.tuners.p_tuning.model import PromptEncoder  # noqa: E402
 pytestmark = pytest.mark.peft
 
 
-def peft_mpt(params):
-    K, T, R = params["prefix_task_cols"].shape
-    cfg = peft.MultitaskPromptTuningConfig(num_virtual_tokens=T, token_dim=params["prefix_task_rows"].shape[2],
-                                           num_tasks=K, num_ranks=R, num_transformer_submodules=1)
+def peft_mpt(params, config):
+    """PEFT's module built from the config assert_conforms hands over (T = num_virtual_tokens · S)."""
+    cfg = peft.MultitaskPromptTuningConfig(num_virtual_tokens=config.total_virtual_tokens, token_dim=config.token_dim,
+                                           num_tasks=config.num_tasks, num_ranks=config.num_ranks,
+                                           num_transformer_submodules=1)
     module = MultitaskPromptEmbedding(cfg, torch.nn.Embedding(1, 1)).double()
     module.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
     return module
 
 
-def mpt_forward(params, indices, task_ids):
+def mpt_forward(params, indices, task_ids, config):
     with torch.no_grad():
-        return peft_mpt(params)(torch.from_numpy(indices), torch.from_numpy(task_ids)).numpy()
+        return peft_mpt(params, config)(torch.from_numpy(indices), torch.from_numpy(task_ids)).numpy()
 
 
-def mpt_backward(params, grad_output, indices, task_ids):
-    module = peft_mpt(params)
-    module(torch.from_numpy(indices), torch.from_numpy(task_ids)).backward(torch.from_numpy(grad_output))
+def mpt_backward(params, dout, indices, task_ids, config):
+    module = peft_mpt(params, config)
+    module(torch.from_numpy(indices), torch.from_numpy(task_ids)).backward(torch.from_numpy(dout))
     return {k: p.grad.numpy() for k, p in module.named_parameters()}
 
 
-def encoder_forward(params, indices):
-    T, D = params["embedding.weight"].shape
-    lstm = "lstm_head.weight_hh_l0" in params
-    H = params["lstm_head.weight_hh_l0"].shape[1] if lstm else params["mlp_head.0.weight"].shape[0]
-    L = sum(k.startswith("lstm_head.weight_ih_l") and not k.endswith("_reverse") for k in params)
-    cfg = peft.PromptEncoderConfig(num_virtual_tokens=T, token_dim=D, encoder_hidden_size=H,
-                                   num_transformer_submodules=1, encoder_num_layers=L if lstm else 2,
+def encoder_forward(params, indices, dropout_masks, config):
+    lstm = config.encoder_reparameterization_type == "LSTM"
+    cfg = peft.PromptEncoderConfig(num_virtual_tokens=config.total_virtual_tokens, token_dim=config.token_dim,
+                                   encoder_hidden_size=config.encoder_hidden_size or config.token_dim,
+                                   num_transformer_submodules=1,
+                                   encoder_num_layers=config.encoder_num_layers if lstm else 2,
                                    encoder_reparameterization_type="LSTM" if lstm else "MLP")
     module = PromptEncoder(cfg).double().eval()
     module.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
@@ -59,12 +59,12 @@ def test_peft_mpt_conforms():
 
 @pytest.mark.parametrize("module", ["mlp_encoder", "lstm_encoder"])
 def test_peft_prompt_encoder_conforms(module):
-    assert_conforms(encoder_forward, module=module, max_examples=20)
+    assert_conforms(encoder_forward, module=module, max_examples=20, dropout=False)  # torch draws its own masks
 
 
 def test_peft_float32_mpt_conforms_at_the_float32_tolerance():
-    def forward32(params, indices, task_ids):
-        module = peft_mpt(params).float()
+    def forward32(params, indices, task_ids, config):
+        module = peft_mpt(params, config).float()
         with torch.no_grad():
             return module(torch.from_numpy(indices), torch.from_numpy(task_ids)).numpy()
 

@@ -90,3 +90,13 @@ def load_onnx_model(option: str, path: str) -> Any:
     except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
         raise InputError(f"{option}: expected an ONNX model file, got unreadable {path!r} ({type(exc).__name__}: "
                          f"{str(exc)[:200]})") from exc
+
+
+def kind_arg(text: str) -> Any:
+    """argparse type for a module kind: Kind.parse, its message kept (argparse exits 2 with it)."""
+    from mpt_ref.modules.kind import Kind
+
+    try:
+        return Kind.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -6,9 +6,8 @@ import argparse
 import sys
 
 from mpt_ref.bench.run import MODULES, format_table, run, to_json
-from mpt_ref.cli._args import STDOUT, positive_int, refuse_existing
+from mpt_ref.cli._args import STDOUT, kind_arg, positive_int, refuse_existing
 from mpt_ref.io.atomic import atomic_write_bytes
-from mpt_ref.modules.kind import Kind
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -31,7 +30,7 @@ def _main(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time the NumPy reference against PEFT-torch and onnxruntime")
-    p.add_argument("--only", type=Kind.parse, choices=MODULES, metavar="KIND",
+    p.add_argument("--only", type=kind_arg, choices=MODULES, metavar="KIND",
                    help=f"one module kind, of {', '.join(MODULES)} (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     p.add_argument("--threads", type=positive_int, default=2, help="threads for torch and onnxruntime (default 2)")

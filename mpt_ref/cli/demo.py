@@ -42,7 +42,7 @@ def export_and_check(module: Any, *, seed: int = 0) -> bool:
         for provider, m in report.max_errors().items():
             verdicts = [c.ok for c in report.comparisons if c.provider == provider]
             print(f"  {variant:<8} {dtype:<7} {provider:<9} {model.ByteSize():>7} bytes  max abs {m['max_abs']:.2e}  "
-                  f"max rel {m['max_rel']:.2e}  max ulp {m['max_ulp']:>4}  {len(verdicts)} cases  "
+                  f"max |err|/bound {m['max_ratio']:.2g}  max ulp {m['max_ulp']:>4}  {len(verdicts)} cases  "
                   f"{'OK' if all(verdicts) else 'FAIL'}")
     print(f"ONNX parity: {'PASS' if ok else 'FAIL'}")
     return ok

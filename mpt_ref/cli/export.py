@@ -22,9 +22,9 @@ import argparse
 import warnings
 from typing import Any
 
-from mpt_ref.cli.serve_formats import export_serving, serving_args
 from mpt_ref.cli._args import (
     add_json,
+    kind_arg,
     load_onnx_model,
     positive_int,
     refuse_existing,
@@ -32,6 +32,7 @@ from mpt_ref.cli._args import (
     seed_int,
     write_json,
 )
+from mpt_ref.cli.serve_formats import export_serving, serving_args
 from mpt_ref.errors import InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
@@ -72,7 +73,7 @@ def _module_args(p: argparse.ArgumentParser) -> None:
                    help="with ADAPTER_DIR, P-tuning: the full encoder from mpt_ref_encoder.safetensors")
     p.add_argument("--config", help="adapter_config.json (or its directory); default: the built-in --kind config")
     p.add_argument("--checkpoint", help="state dict under PEFT keys (.safetensors, or a torch .bin read without torch); default: seeded init")
-    p.add_argument("--kind", type=Kind.parse, choices=list(DEFAULT_CONFIGS), default=Kind.MPT, metavar="KIND",
+    p.add_argument("--kind", type=kind_arg, choices=list(DEFAULT_CONFIGS), default=Kind.MPT, metavar="KIND",
                    help=f"built-in config when no --config, of {', '.join(DEFAULT_CONFIGS)} "
                         "(0.1 names prompt-tuning, mlp, lstm are accepted)")
     p.add_argument("--seed", type=seed_int, default=0, help="init seed, an integer >= 0 (default 0)")

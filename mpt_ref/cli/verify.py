@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mpt_ref.cli._args import (
-    add_json,
+    STDOUT,
+    kind_arg,
     load_onnx_model,
     positive_int,
     refuse_existing,
     report_stream,
-    write_json,
 )
+from mpt_ref.conformance import report
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.location import default_vectors_dir
-from mpt_ref.errors import InputError
+from mpt_ref.conformance.verify import verify_directory
+from mpt_ref.modules.kind import Kind
 
 
 def _vectors(args: argparse.Namespace) -> int:
@@ -26,27 +27,31 @@ def _vectors(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    refuse_existing("--json", args.json, args.force)
+    refuse_existing("--json", args.json, args.force)  # before any work
+    refuse_existing("--junit-xml", args.junit_xml, args.force)
     out = report_stream(args)
     if args.onnx:
-        if not args.config:
-            raise InputError("--config: expected an adapter_config.json for --onnx, got none")
         load_onnx_model("--onnx", args.onnx)  # a missing or non-ONNX file: exit 2 naming the option
         from onnx_export.foreign import verify_onnx
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        report = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
-        print(report.format(), file=out)
-        write_json(args.json, {"verdict": "PASS" if report.ok else "FAIL", "report": report}, args.force)
-        return 0 if report.ok else 1
-    if not Path(args.candidate).is_dir():
-        raise InputError(f"--candidate: expected a directory of <case>/output.safetensors, got {args.candidate!r}")
+        result = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
+        print(result.format(), file=out)
+        report.write_reports(result.comparisons, result.verdict_line(), json_path=args.json,
+                             junit_path=args.junit_xml, suite=f"mpt-ref verify --onnx {args.onnx}",
+                             module=result.module, variant=result.variant, dtype=result.dtype)
+        return 0 if result.ok else 1
     vectors = args.vectors if args.vectors is not None else default_vectors_dir()
-    checks = vec.verify_directory(vectors, args.candidate, progress=lambda m: print(m, file=sys.stderr))
-    print(vec.format_report(checks), file=out)
-    ok = bool(checks) and all(c.ok for c in checks)
-    write_json(args.json, {"verdict": "PASS" if ok else "FAIL", "vectors": str(vectors), "checks": checks}, args.force)
-    return 0 if ok else 1
+    result = verify_directory(vectors, args.candidate, module=args.module, forward_only=args.forward_only,
+                              progress=lambda m: print(m, file=sys.stderr))
+    verdict = ("PASS" if result.ok else "FAIL") + f": {report.summary_line(result.checks)} in {len(result.cases)} cases" + (
+        " (forward only: gradients NOT checked)" if result.forward_only else " (outputs and gradients)")
+    print(report.format_table(result.checks), file=out)
+    print(verdict, file=out)
+    report.write_reports(result.checks, verdict, json_path=args.json, junit_path=args.junit_xml,
+                         suite="mpt-ref verify --candidate", vectors=str(vectors), cases=result.cases,
+                         forward_only=result.forward_only, module=None if result.module is None else result.module.value)
+    return 0 if result.ok else 1
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,16 +64,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "vectors (--candidate), or an ONNX model against the reference (--onnx)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--candidate",
-                      help="directory with <case>/output.safetensors (key 'output') and optionally "
-                           "<case>/grads.safetensors (PEFT keys), one subdirectory per case")
+                      help="directory with <case>/output.safetensors (key 'output') and <case>/grads.safetensors "
+                           "(PEFT keys), one subdirectory per case")
     what.add_argument("--onnx", help="an ONNX model made by anyone (e.g. torch.onnx.export of a PEFT module)")
     p.add_argument("--vectors", help="with --candidate: vectors directory (default: the golden vectors installed "
                                    "with mpt-ref, a copy of spec/vectors)")
-    p.add_argument("--config", help="with --onnx: adapter_config.json (or its directory) of the module")
+    p.add_argument("--module", type=kind_arg, metavar="KIND",
+                   help=f"with --candidate: check only the cases of this module kind ({', '.join(k.value for k in Kind)})")
+    p.add_argument("--forward-only", action="store_true",
+                   help="with --candidate: check outputs only (gradients are required otherwise)")
+    p.add_argument("--json", metavar="PATH", help=f"also write the report as JSON to PATH (atomically; '{STDOUT}' for "
+                                                  "stdout, the table then goes to stderr)")
+    p.add_argument("--junit-xml", metavar="PATH", help="also write the report as JUnit XML to PATH (CI systems)")
+    p.add_argument("--force", action="store_true", help="overwrite existing --json / --junit-xml files")
+    p.add_argument("--config", help="with --onnx: adapter_config.json (or its directory) of the module; default: "
+                                    "the config stamped in the model's mpt_ref.config metadata")
     p.add_argument("--checkpoint", help="with --onnx: safetensors weights under PEFT keys (default: the "
                                         "model's initializers named by PEFT keys)")
     p.add_argument("--providers", default="cpu", help="with --onnx: comma-separated providers (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="with --onnx: batch size when the batch is dynamic")
-    add_json(p, "the verdict and every check")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.set_defaults(func=_verify)

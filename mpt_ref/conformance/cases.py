@@ -1,9 +1,9 @@
-"""Conformance cases as data, and how each is built into (module, inputs, grad_output).
+"""Conformance cases as data, and how each is built into (module, inputs, dout).
 
 A case names a module kind, a config in ``adapter_config.json`` form, a seed, a dtype and the input
 shape. ``build_case`` is the only place that turns a case into arrays: the module is constructed with
 ``seed`` (mpt_ref's init, spec/init.md), inputs and the upstream gradient come from
-``numpy.random.default_rng(seed + 1)`` in a fixed draw order (indices, task ids, grad_output).
+``numpy.random.default_rng(seed + 1)`` in a fixed draw order (indices, task ids, dout).
 """
 
 from __future__ import annotations
@@ -120,6 +120,24 @@ CASES: tuple[CaseSpec, ...] = (
     CaseSpec("lstm_l2_f32", "lstm_encoder",
              _enc("LSTM", num_virtual_tokens=4, token_dim=3, encoder_hidden_size=4, encoder_num_layers=2),
              "float32", dtype="float32"),
+    # past kernels' vector/tile widths: B >= 8, H >= 16, D >= 33, T == R > 1 (a port wrong only in a loop's
+    # tail or past one tile fails these and none of the small ones)
+    CaseSpec("pt_wide", "prompt_embedding", _pt(num_virtual_tokens=5, token_dim=33), "D = 33, B = 9, repeated ids",
+             indices="random", batch=9),
+    CaseSpec("mpt_wide_t_eq_r", "mpt", _mpt(num_virtual_tokens=5, token_dim=33, num_tasks=3, num_ranks=5),
+             "T == R = 5, D = 33, B = 9, unsorted repeated tasks", task_ids=(2, 0, 2, 1, 1, 0, 2, 2, 1), batch=9),
+    CaseSpec("mpt_wide_f32", "mpt", _mpt(num_virtual_tokens=17, token_dim=65, num_tasks=2, num_ranks=17),
+             "float32, T == R = 17, D = 65, B = 8", dtype="float32", task_ids=(1, 0, 0, 1, 1, 1, 0, 1), batch=8),
+    CaseSpec("mlp_wide", "mlp_encoder", _enc("MLP", num_virtual_tokens=4, token_dim=33, encoder_hidden_size=17),
+             "H = 17, D = 33, B = 8", batch=8),
+    CaseSpec("mlp_wide_f32", "mlp_encoder", _enc("MLP", num_virtual_tokens=9, token_dim=17, encoder_hidden_size=33),
+             "float32, H = 33, D = 17, B = 9", dtype="float32", batch=9),
+    CaseSpec("lstm_wide", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=5, token_dim=9, encoder_hidden_size=17, encoder_num_layers=2),
+             "H = 17, D = 9, T = 5, L = 2, B = 8", batch=8),
+    CaseSpec("lstm_wide_f32", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=9, token_dim=33, encoder_hidden_size=16, encoder_num_layers=1),
+             "float32, H = 16, D = 33, T = 9, B = 9", dtype="float32", batch=9),
 )
 
 
@@ -150,7 +168,7 @@ def build_case_module(spec: CaseSpec) -> Any:
 
 
 def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """(inputs, grad_output) for ``module``; inputs has "indices" and, for MPT, "task_ids"."""
+    """(inputs, dout) for ``module``; inputs has "indices" and, for MPT, "task_ids"."""
     rng = np.random.default_rng(spec.seed + 1)
     T, D, B = module.total_virtual_tokens, module.token_dim, spec.batch
     if spec.indices == "arange":
@@ -161,20 +179,21 @@ def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np
     if spec.module == Kind.MPT:
         tasks = spec.task_ids if spec.task_ids is not None else rng.integers(0, module.num_tasks, size=B)
         inputs["task_ids"] = np.asarray(tasks, dtype=np.int64)
-    grad_output = rng.standard_normal((B, T, D)).astype(spec.dtype)
-    return inputs, grad_output
+    dout = rng.standard_normal((B, T, D)).astype(spec.dtype)
+    return inputs, dout
 
 
 def run_reference(spec: CaseSpec) -> dict[str, Any]:
-    """Everything a vector holds: params, inputs, grad_output, output and parameter gradients.
+    """Everything a vector holds: params, inputs, dout (file key grad_output), output and parameter
+    gradients.
 
     params and inputs come from the module (seeded generators: the same bits everywhere); output and
     grads from conformance/exact.py (exact sums, decimal sigmoid/tanh), not from the module's NumPy
     path, whose BLAS and SIMD kernels differ in the last bits between machines. The module agrees with
     them within the case tolerance (tests/test_vectors.py)."""
     module = build_case_module(spec)
-    inputs, grad_output = build_inputs(spec, module)
+    inputs, dout = build_inputs(spec, module)
     params = module.state_dict()
     layers = module.num_layers if spec.module == "lstm_encoder" else 0
-    output, grads = exact_output_and_grads(spec.module, params, inputs, grad_output, num_layers=layers)
-    return {"params": params, "inputs": inputs, "grad_output": grad_output, "output": output, "grads": grads}
+    output, grads = exact_output_and_grads(spec.module, params, inputs, dout, num_layers=layers)
+    return {"params": params, "inputs": inputs, "dout": dout, "output": output, "grads": grads}

@@ -2,14 +2,40 @@
 
     from mpt_ref.testing.conformance import assert_conforms
 
-    def my_forward(params, indices, task_ids):          # params: PEFT key -> ndarray
-        return my_port.mpt(params, indices, task_ids)   # -> (B, T, D)
+    def my_forward(params, indices, task_ids, config):          # params: PEFT key -> ndarray
+        return my_port.mpt(params, indices, task_ids)           # -> (B, T, D)
+
+    def my_backward(params, dout, indices, task_ids, config):   # -> {PEFT key: d sum(out * dout) / d param}
+        return my_port.mpt_grads(params, dout, indices, task_ids)
 
     def test_my_port_conforms():
-        assert_conforms(my_forward, module="mpt")       # add backward=... to check gradients too
+        assert_conforms(my_forward, my_backward, module="mpt", dtype=np.float32)
 
-Hypothesis draws configs (S = 2, K = 1, R > D, L = 1..3 included), parameters, inputs and an upstream
-gradient, runs the reference and your callables, and fails with the shrunk minimal case.
+Calling convention (positional, config last), per module:
+
+    prompt_embedding  forward(params, indices, config)
+    mpt               forward(params, indices, task_ids, config)
+    mlp_encoder       forward(params, indices, dropout_masks, config)   dropout_masks is always None
+    lstm_encoder      forward(params, indices, dropout_masks, config)   None (eval), or L−1 boolean keep
+                                                                        masks (B, T, 2H): train mode,
+                                                                        kept values × 1/(1 − p)
+    backward(params, dout, <the same inputs>, config) -> {PEFT key: gradient}
+
+params hold the case's arrays in ``dtype`` (copies: mutating them is harmless); indices (B, T) and
+task_ids (B,) or (1,) are int64; ``config`` is the PEFT-style config (``num_virtual_tokens``,
+``token_dim``, ``total_virtual_tokens``, ``num_tasks``, ``num_ranks``, ``encoder_hidden_size``,
+``encoder_num_layers``, ``encoder_dropout`` = p, ``to_dict()``), so no size has to be guessed from shapes.
+
+Each case is judged against the float64 reference, every entry within its own error bound for a
+correct port in ``dtype`` (spec/tolerances.md): the output must have shape (B, T, D) and dtype
+``dtype``, the gradients exactly the parameters' keys (none missing, none extra) with their shapes and
+dtype. A failing case raises one AssertionError listing every failing tensor, the parameters nearest the
+input first (a bug there shows in everything downstream); hypothesis prints the shrunk case once, as
+shapes and small integer inputs.
+
+Sizes are drawn around kernel vector/tile widths (``strategies.EDGE_SIZES``: 1–9, 15–17, 31–33, 63–65)
+for D, H, T, R and B within ``limits`` (``strategies.SizeLimits``), with T == R, R > D, K = 1, repeated
+and unsorted task ids, S = 2, L = 1..3, and (LSTM) train mode with explicit dropout masks.
 """
 
 from __future__ import annotations
@@ -17,74 +43,154 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from hypothesis import Phase, given, note, settings
+from hypothesis import Phase, given
+from hypothesis import seed as hseed
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
+from mpt_ref.modules.bounds import (
+    Expected,
+    TensorCheck,
+    check_tensor,
+    expected,
+    rounding_for,
+)
 from mpt_ref.modules.kind import Kind
-from mpt_ref.modules.multitask import MultitaskPromptEmbedding
-from mpt_ref.modules.prompt_embedding import PromptEmbedding
-from mpt_ref.modules.prompt_encoder import PromptEncoder
 from mpt_ref.testing import strategies as hs
-from mpt_ref.testing.assertions import assert_close
-from mpt_ref.tolerances import VECTORS, Tol
+from mpt_ref.tolerances import Rounding
 
-Forward = Callable[..., np.ndarray]               # (params, **inputs) -> output (B, T, D)
-Backward = Callable[..., dict[str, np.ndarray]]   # (params, grad_output, **inputs) -> grads
-
-CASE_STRATEGIES = {
-    Kind.PROMPT_EMBEDDING: (hs.prompt_embedding_cases, PromptEmbedding),
-    Kind.MPT: (hs.mpt_cases, MultitaskPromptEmbedding),
-    Kind.MLP_ENCODER: (hs.mlp_encoder_cases, PromptEncoder),
-    Kind.LSTM_ENCODER: (hs.lstm_encoder_cases, PromptEncoder),
-}
+Forward = Callable[..., np.ndarray]              # (params, *inputs, config) -> output (B, T, D)
+Backward = Callable[..., dict[str, np.ndarray]]  # (params, dout, *inputs, config) -> grads
 
 
-def reference_module(module: str, case: hs.Case, dtype: Any) -> Any:
-    """The mpt-ref module of kind ``module`` holding ``case.params`` (eval mode for encoders)."""
-    cls = CASE_STRATEGIES[Kind.parse(module)][1]
-    ref = cls(case.config, dtype=dtype)
-    ref.load_state_dict(case.params)
-    return ref.eval() if isinstance(ref, PromptEncoder) else ref
+def case_strategy(module: Any, dtype: Any = np.float64, limits: hs.SizeLimits | None = None,
+                  dropout: bool = True) -> st.SearchStrategy[hs.Case]:
+    """The cases ``assert_conforms`` draws for ``module`` (a Kind or its name)."""
+    kind = Kind.parse(module)
+    limits = limits or hs.SizeLimits()
+    if kind == Kind.PROMPT_EMBEDDING:
+        return hs.prompt_embedding_cases(dtype=dtype, limits=limits)
+    if kind == Kind.MPT:
+        return hs.mpt_cases(dtype=dtype, limits=limits)
+    if kind == Kind.MLP_ENCODER:
+        return hs.mlp_encoder_cases(dtype=dtype, limits=limits)
+    eval_cases = hs.lstm_encoder_cases(dtype=dtype, limits=limits)
+    return eval_cases | hs.lstm_encoder_cases(dtype=dtype, limits=limits, dropout=True) if dropout else eval_cases
+
+
+def call_inputs(kind: Kind, case: hs.Case) -> list[Any]:
+    """The positional inputs after params (forward) or after dout (backward), before config."""
+    idx = case.inputs["indices"].copy()
+    if kind == Kind.MPT:
+        return [idx, case.inputs["task_ids"].copy()]
+    if kind.is_encoder:
+        masks = case.inputs.get("dropout_masks")
+        return [idx, None if not masks else [m.copy() for m in masks]]
+    return [idx]
+
+
+def dropout_scales(case: hs.Case) -> list[np.ndarray] | None:
+    """The masks as the reference applies them: 0 or 1/(1 − p)."""
+    masks = case.inputs.get("dropout_masks")
+    if not masks:
+        return None
+    p = case.config.encoder_dropout
+    return [m.astype(np.float64) / (1 - p) for m in masks]
+
+
+def _nearest_input_first(keys: list[str]) -> list[str]:
+    """embedding first, then the LSTM by layer, then the head by layer, then MPT's factors."""
+    def rank(key: str) -> tuple[int, str]:
+        if key == "embedding.weight":
+            return (0, "")
+        if key.startswith("lstm_head."):
+            layer = key.rsplit("_l", 1)[1].split("_")[0]
+            return (1 + int(layer), key)
+        if key.startswith("mlp_head."):
+            return (100 + int(key.split(".")[1]), key)
+        return (200, key)
+    return sorted(keys, key=rank)
+
+
+def case_expected(kind: Kind, case: hs.Case, dtype: np.dtype, rounding: Rounding | None = None,
+                  gradients: bool = True) -> Expected:
+    """The reference and error bounds of one case (modules.bounds.expected)."""
+    return expected(kind, case.params, case.inputs, case.dout if gradients else None, dtype,
+                    dropout_scales=dropout_scales(case), rounding=rounding)
+
+
+def check_case(kind: Kind, case: hs.Case, forward: Forward, backward: Backward | None, dtype: np.dtype,
+               rounding: Rounding | None = None, ex: Expected | None = None) -> list:
+    """Every TensorCheck of one case (output first, then gradients nearest the input first). ex: the
+    case's ``case_expected`` when already computed (several ports judged on one case)."""
+    ex = ex or case_expected(kind, case, dtype, rounding, backward is not None)
+    copy = lambda: {k: v.copy() for k, v in case.params.items()}  # noqa: E731
+    checks = [check_tensor("case", "output", forward(copy(), *call_inputs(kind, case), case.config),
+                           ex.output, ex.output_bound, dtype=dtype)]
+    if backward is None:
+        return checks
+    got = backward(copy(), case.dout.copy(), *call_inputs(kind, case), case.config)
+    if not isinstance(got, dict):
+        return checks + [TensorCheck.failed("case", "gradients",
+                                            f"backward returned {type(got).__name__}, expected a dict of PEFT keys")]
+    extra = sorted(set(got) - set(ex.grads))
+    if extra:
+        checks.append(TensorCheck.failed("case", "gradients", f"unexpected keys {extra} (not parameters)"))
+    for key in _nearest_input_first(list(ex.grads)):
+        if key not in got:
+            checks.append(TensorCheck.failed("case", f"grad {key}", "missing"))
+            continue
+        checks.append(check_tensor("case", f"grad {key}", got[key], ex.grads[key], ex.grad_bounds[key], dtype=dtype))
+    return checks
 
 
 def assert_conforms(
     forward: Forward,
+    backward: Backward | None = None,
     *,
     module: str,
-    backward: Backward | None = None,
     dtype: Any = np.float64,
-    tol: Tol | None = None,
-    max_examples: int = 50,
-    shrink: bool = True,
+    settings: hsettings | None = None,
+    limits: hs.SizeLimits | None = None,
+    dropout: bool = True,
+    seed: int | None = None,
+    rounding: Rounding | None = None,
+    max_examples: int | None = None,
+    shrink: bool | None = None,
 ) -> None:
     """Assert ``forward`` (and ``backward``) agree with mpt-ref on generated cases of ``module``.
 
-    module: "prompt_embedding", "mpt", "mlp_encoder" or "lstm_encoder" (encoders in eval mode).
-    forward(params, indices[, task_ids]) -> output; backward(params, grad_output, indices[, task_ids])
-    -> {PEFT key: gradient of sum(output * grad_output)}. params are copies: mutating them is harmless.
-    tol defaults to the conformance-vector tolerance for ``dtype`` (mpt_ref.tolerances.VECTORS).
-    shrink=False reports the first failing case as found (faster; the minimal case is easier to read).
+    module: "prompt_embedding", "mpt", "mlp_encoder" or "lstm_encoder" (a ``Kind``). Calling convention:
+    module doc. dtype: the port's dtype (float64, float32, or float16 for float16 storage with float32
+    accumulation); params, dout and the expected output dtype follow it.
+    settings: hypothesis settings to run under (default: the active profile, e.g. your conftest's);
+    max_examples / shrink override just that (shrink=False reports the first failing case as found).
+    limits: the sizes drawn (``strategies.SizeLimits``). dropout: also draw LSTM train-mode cases with
+    explicit dropout masks. seed: a fixed hypothesis seed. rounding: another error model than the one of
+    ``dtype`` (``mpt_ref.tolerances.ROUNDING``).
     """
-    module = Kind.parse(module)
+    kind = Kind.parse(module)
     dtype = np.dtype(dtype)
-    tol = tol or VECTORS[dtype.name]
-    strategy = CASE_STRATEGIES[module][0](dtype=dtype)
+    rounding_for(dtype)  # an unsupported dtype fails here, not inside hypothesis
+    base = settings if settings is not None else hsettings()
+    overrides: dict[str, Any] = {"deadline": None}
+    if max_examples is not None:
+        overrides["max_examples"] = max_examples
+    if shrink is not None:
+        overrides["phases"] = [p for p in base.phases if p != Phase.shrink] + ([Phase.shrink] if shrink else [])
+    run_settings = hsettings(base, **overrides)
 
-    phases = [Phase.explicit, Phase.generate] + ([Phase.shrink] if shrink else [])
-
-    @settings(max_examples=max_examples, deadline=None, database=None, phases=phases)
-    @given(strategy)
     def check(case: hs.Case) -> None:
-        note(f"config={case.config.to_dict()}")
-        ref = reference_module(module, case, dtype)
-        inputs = {k: v for k, v in case.inputs.items() if k in ("indices", "task_ids")}
-        copy = lambda: {k: v.copy() for k, v in case.params.items()}  # noqa: E731
-        assert_close(f"{module} output", np.asarray(forward(copy(), **inputs)), ref.forward(**inputs), tol)
-        if backward is not None:
-            want = ref.backward(case.dout, **inputs)
-            got = backward(copy(), case.dout.copy(), **inputs)
-            missing = sorted(set(want) - set(got))
-            assert not missing, f"{module} backward: gradients missing for {missing}"
-            for key in want:
-                assert_close(f"{module} grad {key}", np.asarray(got[key]), want[key], tol)
+        __tracebackhide__ = True
+        failed = [c for c in check_case(kind, case, forward, backward, dtype, rounding) if not c.ok]
+        if failed:
+            raise AssertionError(
+                f"{kind.value} port disagrees with mpt-ref ({dtype.name}, error model: spec/tolerances.md) "
+                f"in {len(failed)} tensor(s), nearest the input first:\n  "
+                + "\n  ".join(c.describe() for c in failed))
 
-    check()
+    test = given(case_strategy(kind, dtype, limits, dropout))(check)
+    test = run_settings(test)
+    if seed is not None:
+        test = hseed(seed)(test)
+    test()
