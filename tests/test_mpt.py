@@ -275,3 +275,45 @@ def test_forward_backward_equals_forward_then_backward(case):
     np.testing.assert_array_equal(out, module.forward(**case.inputs))
     for k, g in module.backward(case.dout, **case.inputs).items():
         np.testing.assert_array_equal(grads[k], g)
+
+
+@given(hs.mpt_cases(dtype=np.float32))
+def test_fast_forward_and_scatter_are_bitwise_the_per_row_definition(case):
+    """The chunked in-place forward and the id-grouped dE keep the per-row order of operations:
+    out[b] = E[idx[b]] * P[t_b] elementwise, dE = sequential np.add.at of dout ⊙ P[t_b] in position
+    order. So they agree bit for bit with the plain definition (same P). (Shared rows reduce dout per
+    task first: another order, covered by the per-row tests within tolerance.)"""
+    idx, task_ids = case.inputs["indices"], case.inputs["task_ids"]
+    out, cache = mpt_forward(case.params, idx, task_ids)
+    E = case.params["embedding.weight"]
+    P = cache.task_prompts[cache.inverse]  # B,T,D
+    np.testing.assert_array_equal(out, E[idx] * P)
+    if cache.x is not None:
+        return
+    dE = np.zeros_like(E)
+    np.add.at(dE, idx.reshape(-1), (case.dout * P).reshape(-1, E.shape[1]))
+    np.testing.assert_array_equal(mpt_backward(case.dout, cache)["embedding.weight"], dE)
+
+
+def test_fast_paths_chunked_and_mixed_tasks_equal_per_row_definition():
+    """Sizes where a batch chunk holds several rows of several tasks (T·D small), and where one row is
+    a chunk (T·D large), for distinct and shared index rows."""
+    rng = np.random.default_rng(3)
+    for B, T, D, K, shared in [(300, 4, 8, 3, False), (300, 4, 8, 3, True), (5, 9, 40000, 2, False)]:
+        params = {"prefix_task_cols": rng.standard_normal((K, T, 2)), "prefix_task_rows": rng.standard_normal((K, 2, D)),
+                  "embedding.weight": rng.standard_normal((T, D))}
+        idx = np.tile(np.arange(T), (B, 1)) if shared else rng.integers(0, T, (B, T))
+        tasks = rng.integers(0, K, B)
+        dout = rng.standard_normal((B, T, D))
+        out, cache = mpt_forward(params, idx, tasks)
+        want_out, want_backward = per_row_oracle(params, idx, tasks)
+        assert_close("out", out, want_out, tol.REORDER_F64)
+        assert_grads_close("grads", mpt_backward(dout, cache), want_backward(dout), tol.REORDER_F64)
+
+
+def test_core_refuses_out_of_range_ids_instead_of_clipping():
+    params = {"prefix_task_cols": np.ones((1, 2, 1)), "prefix_task_rows": np.ones((1, 1, 3)),
+              "embedding.weight": np.ones((2, 3))}
+    for bad in ([[0, 2]], [[-1, 0]]):
+        with pytest.raises(mpt_ref.InputError, match="indices"):
+            mpt_forward(params, np.array(bad), np.array([0]))

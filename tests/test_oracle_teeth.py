@@ -79,7 +79,7 @@ def overwriting_mpt_backward(params, grad_output, indices, task_ids):
     _, cache = mpt_forward(params, indices, task_ids)
     grads = mpt_backward(grad_output, cache)
     D = grad_output.shape[-1]
-    x_rows = np.broadcast_to(cache.x, grad_output.shape)
+    x_rows = params["embedding.weight"][indices]  # B,T,D
     dx = grad_output * cache.task_prompts[cache.inverse]
     dE = np.zeros_like(params["embedding.weight"])
     dE[indices.reshape(-1)] = dx.reshape(-1, D)  # BUG: = instead of +=

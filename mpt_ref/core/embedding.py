@@ -1,11 +1,12 @@
 """Prompt embedding lookup: out = E[indices]. Math: spec/embedding.md.
 
-Shape letters: B batch, T' looked-up positions, T embedding rows (total virtual tokens), D token_dim.
+Shape letters: B batch, T' looked-up positions, T embedding rows (total virtual tokens), D token_dim,
+N = B·T' looked-up rows in all.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import numpy as np
 
@@ -23,19 +24,28 @@ def embedding_forward(weight: Array, indices: IntArray) -> tuple[Array, Embeddin
     return out, EmbeddingCache(indices, weight.shape[0])
 
 
+def id_groups(indices: IntArray) -> Iterator[tuple[int, IntArray]]:
+    """(j, positions) for every id j present in ``indices``, positions into indices.reshape(-1) in
+    increasing order (a stable sort of the ids: O(N log N) on integers, no pass over any (N, D) array)."""
+    flat = indices.reshape(-1)  # N
+    order = np.argsort(flat, kind="stable")  # N
+    ids, starts = np.unique(flat[order], return_index=True)
+    ends = np.append(starts[1:], flat.size)
+    for j, start, end in zip(ids.tolist(), starts.tolist(), ends.tolist()):
+        yield j, order[start:end]
+
+
 def embedding_backward(dout: Array, cache: EmbeddingCache) -> Array:
     """Scatter-add: dweight[j] = sum of dout over the positions where indices == j. -> (T,D).
 
-    The rows of dout are sorted by id once, then each id's contiguous block is summed: one pass over
-    dout, a loop over the distinct ids (at most T), none over the batch. (np.add.at and
-    np.add.reduceat(axis=0) compute the same sums several times slower.)
+    Positions are grouped by id once (integers only), then each id gathers its own rows of dout and
+    sums them: one read of dout, temporaries of one id's rows at a time, a loop over the distinct ids
+    (at most T), none over the batch. (A sorted copy of all of dout, np.add.at and
+    np.add.reduceat(axis=0) compute the same sums 3-25x slower, measured at B32 T100 D4096.)
     """
     D = dout.shape[-1]
-    flat = cache.indices.reshape(-1)  # B*T'
+    rows = dout.reshape(-1, D)  # N,D
     dweight = np.zeros((cache.num_rows, D), dtype=dout.dtype)  # T,D
-    order = np.argsort(flat, kind="stable")
-    ids, starts = np.unique(flat[order], return_index=True)
-    rows = dout.reshape(-1, D)[order]  # B*T',D  grouped by id
-    for j, start, end in zip(ids, starts, np.append(starts[1:], flat.size)):
-        dweight[j] = rows[start:end].sum(axis=0)  # repeated ids add up
+    for j, positions in id_groups(cache.indices):
+        dweight[j] = rows[positions].sum(axis=0)  # repeated ids add up, in position order
     return dweight
