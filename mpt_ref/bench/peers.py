@@ -26,9 +26,13 @@ class Peer(NamedTuple):
 
 
 def numpy_peers(module: Any, inputs: dict[str, np.ndarray], dout: np.ndarray) -> list[Peer]:
+    def two_calls() -> Any:  # what users write (README): forward, then the stateless backward
+        return module.forward(**inputs), module.backward(dout, **inputs)
+
     return [
         Peer("numpy fwd", lambda: module.forward(**inputs)),
         Peer("numpy fwd+bwd", lambda: module.forward_backward(dout, **inputs)),  # one forward, as in training
+        Peer("numpy fwd then bwd", two_calls),
     ]
 
 

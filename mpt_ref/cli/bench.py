@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from mpt_ref.bench.run import MODULES, format_table, run, to_json
+from mpt_ref.bench.run import MODULES, format_table, markdown_table, run, to_json
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.modules.kind import Kind
 
@@ -18,6 +18,8 @@ def _main(args: argparse.Namespace) -> int:
     modules = [args.only] if args.only else list(MODULES)
     report = run(modules, quick=args.quick, threads=args.threads, repeats=args.repeats, sweep=not args.no_sweep)
     print(format_table(report))
+    if args.markdown:
+        print(markdown_table(report))
     if args.json:
         atomic_write_bytes(args.json, to_json(report).encode(), overwrite=args.force)
         print(f"wrote {args.json}")
@@ -33,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=7, help="timed runs per peer (default 7)")
     p.add_argument("--no-sweep", action="store_true", help="skip the MPT scaling sweep over B and D")
     p.add_argument("--gpu", action="store_true", help="also the CUDA section (skipped without CUDAExecutionProvider)")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print the README Performance table (with the roofline column) for this run")
     p.add_argument("--json", help="write the results as JSON (atomically)")
     p.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     p.set_defaults(func=_main)
