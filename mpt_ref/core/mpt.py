@@ -63,6 +63,26 @@ def _chunk_prompts(task_prompts: Array, inverse: IntArray, sl: slice) -> Array:
     return task_prompts[slots]  # c,T,D
 
 
+def _sum_per_task(dout: Array, gather: tuple[Array, IntArray] | None, inverse: IntArray, U: int) -> Array:
+    """(U,T,D): Σ_{b: t_b=u} dout[b], or Σ dout[b] ⊙ E[indices[b]] when gather = (E, indices), summed
+    chunk by chunk of batch rows in batch order (streaming adds, no BLAS: memory-bound work)."""
+    B, T, D = dout.shape
+    acc = np.zeros((U, T, D), dtype=dout.dtype)  # U,T,D
+    for sl in batch_chunks(B, T * D):
+        if gather is None:
+            terms = dout[sl]  # c,T,D  view
+        else:
+            terms = np.take(gather[0], gather[1][sl], axis=0, mode="clip")  # c,T,D  E[indices] of the chunk
+            terms *= dout[sl]  # in place
+        slots = inverse[sl]
+        if terms.shape[0] == 1:
+            acc[slots[0]] += terms[0]
+            continue
+        for u in np.unique(slots).tolist():
+            acc[u] += terms[slots == u].sum(axis=0)
+    return acc
+
+
 def mpt_cache(params: Params, indices: IntArray, task_ids: IntArray) -> MptCache:
     """Everything mpt_backward needs, without forming the (B,T,D) output."""
     cols, rows, weight = params["prefix_task_cols"], params["prefix_task_rows"], params["embedding.weight"]
@@ -105,20 +125,13 @@ def mpt_backward(dout: Array, cache: MptCache) -> Params:
     U = tasks.shape[0]
     dE = np.zeros(weight.shape, dtype=dout.dtype)  # T,D
     if cache.x is not None and B > 0:  # shared rows: reduce dout per task first, one pass over dout
-        onehot = (np.arange(U)[:, None] == inverse[None, :]).astype(dout.dtype)  # U,B  sums rows per task
-        dout_per_task = (onehot @ dout.reshape(B, T * D)).reshape(U, T, D)  # Σ_{b: t_b=u} dout[b]
+        dout_per_task = _sum_per_task(dout, None, inverse, U)  # U,T,D  Σ_{b: t_b=u} dout[b]
         dp = dout_per_task * cache.x  # U,T,D
-        dx = (dout_per_task * task_prompts).sum(axis=0)  # T,D   one row of indices
+        dx = np.einsum("utd,utd->td", dout_per_task, task_prompts)  # T,D   one row of indices
         for j, positions in id_groups(cache.indices[0]):
             dE[j] = dx[positions].sum(axis=0)
     else:
-        dp = np.zeros((U, T, D), dtype=dout.dtype)  # U,T,D
-        for sl in batch_chunks(B, T * D):
-            x = np.take(weight, cache.indices[sl], axis=0, mode="clip")  # c,T,D  E[indices] of the chunk
-            x *= dout[sl]  # c,T,D  in place
-            slots = inverse[sl]
-            for u in np.unique(slots).tolist():
-                dp[u] += x[slots == u].sum(axis=0) if x.shape[0] > 1 else x[0]
+        dp = _sum_per_task(dout, (weight, cache.indices), inverse, U)  # U,T,D  Σ dout[b] ⊙ E[indices[b]]
         rows = dout.reshape(-1, D)  # BT,D
         prompt_rows = task_prompts.reshape(U * T, D)  # UT,D
         slot_rows = (inverse[:, None] * T + np.arange(T)).reshape(-1)  # BT  row of prompt_rows per position
