@@ -26,6 +26,7 @@ import numpy as np
 from mpt_ref._version import __version__
 from mpt_ref.bench.peers import Peer, numpy_peers, ort_peers, torch_peers
 from mpt_ref.bench.roofline import bound, copy_bandwidth, must_move
+from mpt_ref.core import parallel
 from mpt_ref.modules.config import MultitaskPromptTuningConfig, PromptEncoderConfig
 from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
@@ -152,6 +153,16 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
 def run(modules: list[str], *, quick: bool = False, threads: int = 2, repeats: int = 7, warmup: int = 2,
         sweep: bool = True, progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict[str, Any]:
     cases = QUICK if quick else FULL
+    numpy_threads = parallel.threads()
+    parallel.set_threads(threads)  # the NumPy fast paths' pool too (bit-identical for any count)
+    try:
+        return _run(modules, cases, quick, threads, repeats, warmup, sweep, progress)
+    finally:
+        parallel.set_threads(numpy_threads)
+
+
+def _run(modules: list[str], cases: dict[Kind, list[Case]], quick: bool, threads: int, repeats: int, warmup: int,
+         sweep: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "mpt_ref_version": __version__, "threads": threads, "repeats": repeats, "dtype": "float32",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()} "

@@ -11,6 +11,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from mpt_ref._types import Array, IntArray
+from mpt_ref.core.parallel import for_each
 
 
 class EmbeddingCache(NamedTuple):
@@ -46,6 +47,10 @@ def embedding_backward(dout: Array, cache: EmbeddingCache) -> Array:
     D = dout.shape[-1]
     rows = dout.reshape(-1, D)  # N,D
     dweight = np.zeros((cache.num_rows, D), dtype=dout.dtype)  # T,D
-    for j, positions in id_groups(cache.indices):
+
+    def one_id(group: tuple[int, IntArray]) -> None:  # one row of dweight per id: thread-count independent
+        j, positions = group
         dweight[j] = rows[positions].sum(axis=0)  # repeated ids add up, in position order
+
+    for_each(one_id, id_groups(cache.indices))
     return dweight

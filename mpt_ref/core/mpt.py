@@ -24,6 +24,7 @@ import numpy as np
 
 from mpt_ref._types import Array, IntArray, Params
 from mpt_ref.core.embedding import id_groups
+from mpt_ref.core.parallel import for_each
 from mpt_ref.errors import InputError
 
 KEYS = ("prefix_task_cols", "prefix_task_rows", "embedding.weight")  # PEFT state_dict order
@@ -108,9 +109,14 @@ def mpt_forward(params: Params, indices: IntArray, task_ids: IntArray) -> tuple[
     if x is not None:
         return np.take(x * task_prompts, inverse, axis=0), cache  # B,T,D  one write of the output
     B, T = indices.shape
-    out = np.take(cache.weight, indices, axis=0, mode="clip")  # B,T,D  (ids checked in mpt_cache)
-    for sl in batch_chunks(B, T * out.shape[-1]):
+    D = cache.weight.shape[1]
+    out = np.empty((B, T, D), dtype=np.result_type(cache.weight, task_prompts))  # B,T,D
+
+    def chunk(sl: slice) -> None:  # disjoint rows of out: any thread count gives the same bits
+        np.take(cache.weight, indices[sl], axis=0, out=out[sl], mode="clip")  # c,T,D  (ids checked in mpt_cache)
         out[sl] *= _chunk_prompts(task_prompts, inverse, sl)  # c,T,D  in place
+
+    for_each(chunk, batch_chunks(B, T * D))
     return out, cache
 
 
@@ -135,10 +141,14 @@ def mpt_backward(dout: Array, cache: MptCache) -> Params:
         rows = dout.reshape(-1, D)  # BT,D
         prompt_rows = task_prompts.reshape(U * T, D)  # UT,D
         slot_rows = (inverse[:, None] * T + np.arange(T)).reshape(-1)  # BT  row of prompt_rows per position
-        for j, positions in id_groups(cache.indices):
+
+        def one_id(group: tuple[int, IntArray]) -> None:  # one row of dE per id, in position order
+            j, positions = group
             g = rows[positions]  # n,D  this id's rows of dout
             g *= prompt_rows[slot_rows[positions]]  # n,D
             dE[j] = g.sum(axis=0)
+
+        for_each(one_id, id_groups(cache.indices))
     dcols = np.zeros_like(cache.cols)  # K,T,R
     drows = np.zeros_like(cache.rows)  # K,R,D
     dcols[tasks] = dp @ cache.rows[tasks].transpose(0, 2, 1)  # U,T,R
