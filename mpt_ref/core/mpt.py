@@ -23,12 +23,12 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from mpt_ref._types import Array, IntArray, Params
-from mpt_ref.core.embedding import id_groups
+from mpt_ref.core.chunks import batch_chunks, id_chunks, row_chunks
+from mpt_ref.core.embedding import _sum_groups
 from mpt_ref.core.parallel import for_each
 from mpt_ref.errors import InputError
 
 KEYS = ("prefix_task_cols", "prefix_task_rows", "embedding.weight")  # PEFT state_dict order
-CHUNK_ELEMENTS = 1 << 18  # elements of a batch chunk's temporaries (1 MiB in float32): cache-sized
 
 
 class MptCache(NamedTuple):
@@ -49,13 +49,6 @@ def _check_ids(indices: IntArray, num_rows: int) -> None:
         raise InputError(f"indices: expected values in [0, {num_rows}), got min {indices.min()}, max {indices.max()}")
 
 
-def batch_chunks(B: int, row_elements: int) -> Iterator[slice]:
-    """Consecutive slices of the batch, each ~CHUNK_ELEMENTS elements of (T,D) rows (at least one row)."""
-    step = max(1, CHUNK_ELEMENTS // max(1, row_elements))
-    for start in range(0, B, step):
-        yield slice(start, min(B, start + step))
-
-
 def _chunk_prompts(task_prompts: Array, inverse: IntArray, sl: slice) -> Array:
     """P of each row of the chunk: a (1,T,D) view when the chunk has one task, else a (c,T,D) copy."""
     slots = inverse[sl]
@@ -65,22 +58,21 @@ def _chunk_prompts(task_prompts: Array, inverse: IntArray, sl: slice) -> Array:
 
 
 def _sum_per_task(dout: Array, gather: tuple[Array, IntArray] | None, inverse: IntArray, U: int) -> Array:
-    """(U,T,D): Σ_{b: t_b=u} dout[b], or Σ dout[b] ⊙ E[indices[b]] when gather = (E, indices), summed
-    chunk by chunk of batch rows in batch order (streaming adds, no BLAS: memory-bound work)."""
+    """(U,T,D): Σ_{b: t_b=u} dout[b], or Σ dout[b] ⊙ E[indices[b]] when gather = (E, indices). Rows are
+    taken task by task, in batch order, a chunk at a time (streaming adds, no BLAS: memory-bound)."""
     B, T, D = dout.shape
     acc = np.zeros((U, T, D), dtype=dout.dtype)  # U,T,D
-    for sl in batch_chunks(B, T * D):
-        if gather is None:
-            terms = dout[sl]  # c,T,D  view
-        else:
-            terms = np.take(gather[0], gather[1][sl], axis=0, mode="clip")  # c,T,D  E[indices] of the chunk
-            terms *= dout[sl]  # in place
-        slots = inverse[sl]
-        if terms.shape[0] == 1:
-            acc[slots[0]] += terms[0]
-            continue
-        for u in np.unique(slots).tolist():
-            acc[u] += terms[slots == u].sum(axis=0)
+    by_task = np.argsort(inverse, kind="stable")  # B  rows grouped by task, batch order within
+    bounds = np.searchsorted(inverse[by_task], np.arange(U + 1))  # U+1
+    for u in range(U):
+        for rows in row_chunks(by_task[bounds[u]:bounds[u + 1]], T * D):
+            one = rows.shape[0] == 1
+            if gather is None:
+                terms = dout[rows[0]][None] if one else dout.take(rows, axis=0)  # c,T,D
+            else:
+                terms = np.take(gather[0], gather[1][rows], axis=0, mode="clip")  # c,T,D  E[indices] of the rows
+                terms *= dout[rows[0]] if one else dout.take(rows, axis=0)  # in place
+            acc[u] += terms[0] if one else terms.sum(axis=0)
     return acc
 
 
@@ -134,21 +126,21 @@ def mpt_backward(dout: Array, cache: MptCache) -> Params:
         dout_per_task = _sum_per_task(dout, None, inverse, U)  # U,T,D  Σ_{b: t_b=u} dout[b]
         dp = dout_per_task * cache.x  # U,T,D
         dx = np.einsum("utd,utd->td", dout_per_task, task_prompts)  # T,D   one row of indices
-        for j, positions in id_groups(cache.indices[0]):
-            dE[j] = dx[positions].sum(axis=0)
+        for positions, groups in id_chunks(cache.indices[0], D):
+            _sum_groups(dx.take(positions, axis=0), groups, dE)
     else:
         dp = _sum_per_task(dout, (weight, cache.indices), inverse, U)  # U,T,D  Σ dout[b] ⊙ E[indices[b]]
         rows = dout.reshape(-1, D)  # BT,D
         prompt_rows = task_prompts.reshape(U * T, D)  # UT,D
         slot_rows = (inverse[:, None] * T + np.arange(T)).reshape(-1)  # BT  row of prompt_rows per position
 
-        def one_id(group: tuple[int, IntArray]) -> None:  # one row of dE per id, in position order
-            j, positions = group
-            g = rows[positions]  # n,D  this id's rows of dout
-            g *= prompt_rows[slot_rows[positions]]  # n,D
-            dE[j] = g.sum(axis=0)
+        def one_chunk(chunk: tuple[IntArray, list[tuple[int, int, int]]]) -> None:  # whole ids: own rows of dE
+            positions, groups = chunk
+            g = rows.take(positions, axis=0)  # n,D  these ids' rows of dout, grouped by id
+            g *= prompt_rows.take(slot_rows[positions], axis=0)  # n,D
+            _sum_groups(g, groups, dE)  # each id in position order
 
-        for_each(one_id, id_groups(cache.indices))
+        for_each(one_chunk, id_chunks(cache.indices, D))
     dcols = np.zeros_like(cache.cols)  # K,T,R
     drows = np.zeros_like(cache.rows)  # K,R,D
     dcols[tasks] = dp @ cache.rows[tasks].transpose(0, 2, 1)  # U,T,R
