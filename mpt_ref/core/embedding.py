@@ -38,12 +38,12 @@ def embedding_backward(dout: Array, cache: EmbeddingCache) -> Array:
     D = dout.shape[-1]
     rows = dout.reshape(-1, D)  # N,D
     dweight = np.zeros((cache.num_rows, D), dtype=dout.dtype)  # T,D
-    for_each(lambda chunk: _sum_groups(rows.take(chunk[0], axis=0), chunk[1], dweight),
+    for_each(lambda chunk: sum_id_groups(rows.take(chunk[0], axis=0), chunk[1], dweight),
              id_chunks(cache.indices, D))
     return dweight
 
 
-def _sum_groups(rows: Array, groups: list[tuple[int, int, int]], dweight: Array) -> None:
+def sum_id_groups(rows: Array, groups: list[tuple[int, int, int]], dweight: Array) -> None:
     """dweight[j] = Σ rows[start:end] (sequential over rows) for each (j, start, end)."""
     for j, start, end in groups:
         np.sum(rows[start:end], axis=0, out=dweight[j])

@@ -18,13 +18,13 @@ tests/test_mpt.py checks all of this against the per-row definition (spec/mpt.md
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
 from mpt_ref._types import Array, IntArray, Params
 from mpt_ref.core.chunks import batch_chunks, id_chunks, row_chunks
-from mpt_ref.core.embedding import _sum_groups
+from mpt_ref.core.embedding import sum_id_groups
 from mpt_ref.core.parallel import for_each
 from mpt_ref.errors import InputError
 
@@ -127,7 +127,7 @@ def mpt_backward(dout: Array, cache: MptCache) -> Params:
         dp = dout_per_task * cache.x  # U,T,D
         dx = np.einsum("utd,utd->td", dout_per_task, task_prompts)  # T,D   one row of indices
         for positions, groups in id_chunks(cache.indices[0], D):
-            _sum_groups(dx.take(positions, axis=0), groups, dE)
+            sum_id_groups(dx.take(positions, axis=0), groups, dE)
     else:
         dp = _sum_per_task(dout, (weight, cache.indices), inverse, U)  # U,T,D  Σ dout[b] ⊙ E[indices[b]]
         rows = dout.reshape(-1, D)  # BT,D
@@ -138,7 +138,7 @@ def mpt_backward(dout: Array, cache: MptCache) -> Params:
             positions, groups = chunk
             g = rows.take(positions, axis=0)  # n,D  these ids' rows of dout, grouped by id
             g *= prompt_rows.take(slot_rows[positions], axis=0)  # n,D
-            _sum_groups(g, groups, dE)  # each id in position order
+            sum_id_groups(g, groups, dE)  # each id in position order
 
         for_each(one_chunk, id_chunks(cache.indices, D))
     dcols = np.zeros_like(cache.cols)  # K,T,R
