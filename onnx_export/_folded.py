@@ -1,4 +1,4 @@
-"""variant="folded": the deployment form. The module is evaluated once, in float64, for PEFT's
+"""variant="folded" (and "folded-any", below): the deployment forms. The module is evaluated once, in float64, for PEFT's
 indices (arange(T)) and rounded once to the export dtype; the graph is one Gather of that table.
 
 - embedding: the table is ``embedding.weight`` itself, so the folded graph equals the faithful one.
@@ -8,11 +8,20 @@ indices (arange(T)) and rounded once to the export dtype; the graph is one Gathe
 - mpt: ``task_prompt_table`` (K, T, D), row k = E ⊙ (C_k @ R_k); one Gather by task id picks a
   row's whole prompt (the fastest standard-op form measured, shared/notes/cuda-ep.md). Rows with an
   invalid task id or indices other than arange(T) come out NaN.
+
+variant="folded-any": the fastest graph exact for *any* index rows (the exporter's choice when rows are
+not PEFT's). MPT: the per-task prompt factor table P (K, T, D), P_k = C_k @ R_k evaluated in float64
+and rounded once, then out = Gather(E, indices) ⊙ Gather(P, t): two Gathers and one Mul, no MatMul,
+with the faithful graph's id policy (an invalid index: NaN at its position; an invalid task id: NaN
+row). Embedding and MLP: as "folded" (already exact for any indices). LSTM: the faithful graph (an
+LSTM output depends on the whole row, so no table can serve every row).
 """
+
 
 from __future__ import annotations
 
 from mpt_ref.modules.kind import Kind
+from onnx_export import _faithful
 from onnx_export._faithful import lookup
 from onnx_export._graph import GraphBuilder
 from onnx_export._guards import (
@@ -23,7 +32,7 @@ from onnx_export._guards import (
     valid_ids,
 )
 from onnx_export._spec import ModuleSpec
-from onnx_export.reference import prompt_table
+from onnx_export.reference import prompt_table, task_prompt_factors
 
 
 def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
@@ -44,3 +53,18 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
         num_rows, ok, sel = spec.K, g.node("And", [valid_ids(g, t, spec.K, "task_ids"), peft_rows], "row_ok"), t
     sel = redirect(g, sel, ok, num_rows, "row")  # B, invalid -> the NaN block
     return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D
+
+
+def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The folded-any graph of ``spec``; returns the name of the (B, T', D) output."""
+    if spec.kind == Kind.LSTM_ENCODER:
+        return _faithful.build(g, spec, indices, task_ids)
+    if spec.kind != Kind.MPT:
+        return build(g, spec, indices, task_ids)
+    T, D, K = spec.T, spec.D, spec.K
+    x = lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")  # B,T,D
+    t = task_rows(g, task_ids, indices)  # B
+    t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> the NaN block
+    table = g.weight("task_prompt_factors", task_prompt_factors(spec))  # K,T,D
+    prompt = g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_factors"), t], "task_prompt", axis=0)  # B,T,D
+    return g.node("Mul", [x, prompt], "modulated")  # B,T,D

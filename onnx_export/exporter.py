@@ -87,7 +87,8 @@ def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "fl
     if spec.kind == Kind.MPT:
         inputs.append(int64_input(INPUT_TASK_IDS, ["task_batch"]))  # B or 1
         task_ids = INPUT_TASK_IDS
-    out = (_faithful if variant == "faithful" else _folded).build(g, spec, INPUT_INDICES, task_ids)
+    build = {"faithful": _faithful.build, "folded": _folded.build, "folded-any": _folded.build_any}[variant]
+    out = build(g, spec, INPUT_INDICES, task_ids)
     g.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT], name="prompt_embeddings/Identity"))
     doc = (f"mpt-ref {spec.module_name} ({spec.kind}), variant={variant}, dtype={dtype}. "
            "Ids outside their range give NaN outputs (spec/onnx.md, task-id policy).")
@@ -129,8 +130,9 @@ def export(
     semantics) to ONNX. Graph inputs ``indices`` int64 (batch, tokens) and, for MPT, ``task_ids``
     int64 (B or 1); output ``prompt_embeddings`` (batch, tokens, D) in ``dtype``.
 
-    variant: "faithful" (the reference math node by node) or "folded" (a precomputed prompt table and
-    one Gather). dtype: "float32" or "float16". opset: only the pinned opset (onnx_export/opset.py).
+    variant: "faithful" (the reference math node by node), "folded" (a precomputed prompt table and
+    one Gather; MPT/LSTM: PEFT's arange rows only) or "folded-any" (the fastest graph exact for any
+    rows: MPT = Gather(E) ⊙ Gather(P) with P = C R precomputed per task). dtype: "float32" or "float16". opset: only the pinned opset (onnx_export/opset.py).
     path: written atomically; an existing file is refused unless overwrite=True.
     """
     if isinstance(opset, bool) or opset != OPSET:

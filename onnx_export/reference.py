@@ -7,6 +7,7 @@ made valid, then writes NaN exactly where the exported graph must produce NaN:
 - faithful: every output vector that depends on an invalid id — the position of an invalid index
   (embedding, MLP, MPT), the whole row of an invalid index for the LSTM (both directions read every
   position), the whole row of an invalid task id (MPT);
+- folded-any: as faithful (every row is exact);
 - folded: as faithful for the embedding and the MLP (a table lookup is exact for any indices); for
   the LSTM and MPT, whose per-row tables hold the prompt for PEFT's indices only, every row that is
   not arange(T) or has an invalid task id.
@@ -27,7 +28,7 @@ from mpt_ref.modules.config import PromptEncoderReparameterizationType as Encode
 from mpt_ref.modules.kind import Kind
 from onnx_export._spec import ModuleSpec
 
-VARIANTS = ("faithful", "folded")
+VARIANTS = ("faithful", "folded", "folded-any")
 
 
 def float64_params(spec: ModuleSpec) -> dict[str, np.ndarray]:
@@ -52,6 +53,12 @@ def prompt_table(spec: ModuleSpec) -> np.ndarray:
         K = spec.K
         return module_math(spec, np.repeat(arange, K, axis=0), np.arange(K))  # K,T,D
     return module_math(spec, arange)[0]  # T,D
+
+
+def task_prompt_factors(spec: ModuleSpec) -> np.ndarray:
+    """MPT's per-task prompt factors in float64: (K, T, D), row k = C_k @ R_k (folded-any's table)."""
+    p = float64_params(spec)
+    return p["prefix_task_cols"] @ p["prefix_task_rows"]  # K,T,D
 
 
 def expected_output(spec: ModuleSpec, indices: Any, task_ids: Any = None, *, variant: str = "faithful") -> np.ndarray:

@@ -21,7 +21,7 @@ from onnx_export import IR_VERSION, OPSET, _layout, export, metadata
 from onnx_export.runtimes import run_model
 
 KINDS = ("prompt_embedding", "mpt", "mlp_encoder", "lstm_encoder")
-VARIANTS = ("faithful", "folded")
+VARIANTS = ("faithful", "folded", "folded-any")
 DTYPES = ("float32", "float16")
 
 

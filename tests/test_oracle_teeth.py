@@ -82,7 +82,7 @@ def overwriting_mpt_backward(params, dout, indices, task_ids, config):
     _, cache = mpt_forward(params, indices, task_ids)
     grads = mpt_backward(dout, cache)
     D = dout.shape[-1]
-    x_rows = np.broadcast_to(cache.x, dout.shape)
+    x_rows = params["embedding.weight"][indices]  # B,T,D
     dx = dout * cache.task_prompts[cache.inverse]
     dE = np.zeros_like(params["embedding.weight"])
     dE[indices.reshape(-1)] = dx.reshape(-1, D)  # BUG: = instead of +=

@@ -152,8 +152,11 @@ def test_train_mode_dropout_matches_peft_with_injected_masks(case):
     scales = [m.astype(np.float64) / (1 - p) for m in masks]  # torch's inverted dropout: keep / (1 - p)
     out = theirs.mlp_head(peft_lstm_with_masks(theirs, emb, scales))
     assert_close("out", ref.forward(idx, dropout_masks=masks), out.detach().numpy(), tol.PEFT_F64)
-    assert_grads_close("grads", ref.backward(case.dout, idx, dropout_masks=masks), peft_grads(theirs, out, case.dout),
-                       tol.PEFT_F64)
+    grads, want_grads = ref.backward(case.dout, idx, dropout_masks=masks), peft_grads(theirs, out, case.dout)
+    assert list(grads) == list(want_grads)
+    for k in grads:  # atol scaled by the gradient's size: 1/(1-p) up to 10 per layer grows the summed terms
+        g_scale = float(np.abs(want_grads[k]).max(initial=0)) + 1
+        assert_close(k, grads[k], want_grads[k], tol.PEFT_F64._replace(atol=tol.PEFT_F64.atol * g_scale))
 
 
 def test_peft_train_mode_dropout_is_inverted_with_keep_rate_one_minus_p():

@@ -1,7 +1,8 @@
 """The implementations a benchmark case runs, each a callable timed by run.py, or a reason it is skipped.
 
-Peers: the NumPy reference (forward; forward+backward), PEFT on torch CPU (forward under no_grad;
-forward+backward through autograd), onnxruntime CPU on our faithful and folded exports, and onnxruntime
+Peers: the NumPy reference (forward; forward+backward; forward then backward, the two calls users
+write), PEFT on torch CPU (forward under no_grad; forward+backward through autograd), onnxruntime CPU
+on our faithful, folded and folded-any exports (spec/onnx.md), and onnxruntime
 on ``torch.onnx.export`` of PEFT's module. All share one thread count.
 """
 
@@ -26,9 +27,13 @@ class Peer(NamedTuple):
 
 
 def numpy_peers(module: Any, inputs: dict[str, np.ndarray], dout: np.ndarray) -> list[Peer]:
+    def two_calls() -> Any:  # what users write (README): forward, then the stateless backward
+        return module.forward(**inputs), module.backward(dout, **inputs)
+
     return [
         Peer("numpy fwd", lambda: module.forward(**inputs)),
         Peer("numpy fwd+bwd", lambda: module.forward_backward(dout, **inputs)),  # one forward, as in training
+        Peer("numpy fwd then bwd", two_calls),
     ]
 
 
@@ -86,10 +91,13 @@ def ort_peers(module: Any, inputs: dict[str, np.ndarray], threads: int, peft_row
     import onnx_export
 
     peers = []
-    for variant in ("faithful", "folded"):
+    for variant in ("faithful", "folded", "folded-any"):
         name = f"ort {variant}"
         if variant == "folded" and not peft_rows and Kind.of(module) in (Kind.MPT, Kind.LSTM_ENCODER):
             peers.append(Peer(name, None, "folded MPT/LSTM graphs answer PEFT's arange rows only"))
+            continue
+        if variant == "folded-any" and Kind.of(module) != Kind.MPT:
+            peers.append(Peer(name, None, "folded-any is the folded (MLP) or faithful (LSTM) graph here"))
             continue
         sess = _ort_session(onnx_export.export(module, variant=variant).SerializeToString(), threads)
         peers.append(Peer(name, lambda s=sess: s.run(None, inputs)))

@@ -3,8 +3,11 @@
 Each case builds one module (float32, seeded) and two input kinds: PEFT's (every index row
 arange(T)) and distinct random index rows. Every peer runs ``repeats`` times after ``warmup`` runs;
 the table shows medians with min–max and ratios against PEFT-torch (time of the peer / time of
-PEFT-torch for the same work: < 1 is faster). Peak NumPy memory comes from tracemalloc in a separate
-run (tracemalloc slows code down, so it is never timed).
+PEFT-torch for the same work: < 1 is faster). Every row also carries its roofline (roofline.py): the
+bytes the operation must move, the copy bandwidth measured in the same run, the lower bound in ms and
+the fraction of it each NumPy/ORT time reaches. Peak NumPy memory (bytes allocated during one call,
+above what existed before it) comes from tracemalloc in a separate run (tracemalloc slows code down,
+so it is never timed), for the forward and for forward+backward, with its ratio to the output's bytes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 
 from mpt_ref._version import __version__
 from mpt_ref.bench.peers import Peer, numpy_peers, ort_peers, torch_peers
+from mpt_ref.bench.roofline import bound, copy_bandwidth, must_move
+from mpt_ref.core import parallel
 from mpt_ref.modules.config import MultitaskPromptTuningConfig, PromptEncoderConfig
 from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
@@ -102,8 +107,31 @@ def run_case(case: Case, *, peft_rows: bool, threads: int, repeats: int, warmup:
     for peer in peers:
         progress(f"  {case.name} [{rows}] {peer.name}")
         results[peer.name] = {"skipped": peer.skipped} if peer.call is None else time_call(peer.call, repeats, warmup)
-    results["numpy fwd+bwd"]["peak_bytes"] = peak_bytes(peers[1].call)
-    return {"case": case.name, "rows": rows, "peers": results}
+    out_bytes = dout.nbytes
+    for name in ("numpy fwd", "numpy fwd+bwd"):
+        call = next(p.call for p in peers if p.name == name)
+        results[name]["peak_bytes"] = peak = peak_bytes(call)
+        results[name]["peak_over_output"] = peak / out_bytes
+    return {"case": case.name, "rows": rows, "peers": results, "output_bytes": out_bytes,
+            "roofline": roofline(module, inputs, dout.shape, results, repeats, warmup)}
+
+
+# which roofline operation each timed peer performs
+ROOFLINE_OP = {"numpy fwd": "fwd", "numpy fwd+bwd": "fwd+bwd", "numpy fwd then bwd": "fwd+bwd",
+               "peft-torch fwd": "fwd", "peft-torch fwd+bwd": "fwd+bwd", "ort faithful": "fwd",
+               "ort folded": "fwd", "ort folded-any": "fwd", "ort torch.onnx.export(PEFT)": "fwd"}
+
+
+def roofline(module: Any, inputs: dict[str, np.ndarray], out_shape: tuple[int, ...], results: dict[str, Any],
+             repeats: int, warmup: int) -> dict[str, Any]:
+    """bytes, bandwidth (a copy of the output's size, timed now), bound_ms and the fraction per peer."""
+    moved = must_move(module, inputs, out_shape)
+    bw = copy_bandwidth(int(np.prod(out_shape)) * np.dtype(module.dtype).itemsize,
+                        lambda call: time_call(call, repeats, warmup))
+    lower = bound(moved, bw["bandwidth_gb_s"])
+    fraction = {name: lower[op] / results[name]["median_ms"] for name, op in ROOFLINE_OP.items()
+                if "median_ms" in results.get(name, {})}
+    return {"bytes": moved, **bw, "bound_ms": lower, "fraction": fraction}
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float]:
@@ -114,7 +142,9 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
     for what in ("fwd", "fwd+bwd"):
         if med(f"numpy {what}") and med(f"peft-torch {what}"):
             out[f"numpy/torch {what}"] = med(f"numpy {what}") / med(f"peft-torch {what}")
-    ours = [med(k) for k in ("ort faithful", "ort folded") if med(k)]
+    if med("numpy fwd then bwd") and med("numpy fwd+bwd"):
+        out["numpy fwd then bwd / fwd+bwd"] = med("numpy fwd then bwd") / med("numpy fwd+bwd")
+    ours = [med(k) for k in ("ort faithful", "ort folded", "ort folded-any") if med(k)]
     if ours and med("ort torch.onnx.export(PEFT)"):
         out["best ort export / ort torch export"] = min(ours) / med("ort torch.onnx.export(PEFT)")
     return out
@@ -123,6 +153,16 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
 def run(modules: list[str], *, quick: bool = False, threads: int = 2, repeats: int = 7, warmup: int = 2,
         sweep: bool = True, progress: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> dict[str, Any]:
     cases = QUICK if quick else FULL
+    numpy_threads = parallel.threads()
+    parallel.set_threads(threads)  # the NumPy fast paths' pool too (bit-identical for any count)
+    try:
+        return _run(modules, cases, quick, threads, repeats, warmup, sweep, progress)
+    finally:
+        parallel.set_threads(numpy_threads)
+
+
+def _run(modules: list[str], cases: dict[Kind, list[Case]], quick: bool, threads: int, repeats: int, warmup: int,
+         sweep: bool, progress: Callable[[str], None]) -> dict[str, Any]:
     report: dict[str, Any] = {
         "mpt_ref_version": __version__, "threads": threads, "repeats": repeats, "dtype": "float32",
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_implementation()} "
@@ -142,8 +182,10 @@ def run(modules: list[str], *, quick: bool = False, threads: int = 2, repeats: i
             inputs, dout = inputs_for(module, B, peft_rows=False)
             progress(f"  sweep MPT B{B} D{D}")
             call = numpy_peers(module, inputs, dout)[1].call
+            peak = peak_bytes(call)
             report["sweep"].append({"B": B, "D": D, **time_call(call, max(3, repeats // 2), 1),
-                                    "peak_bytes": peak_bytes(call)})
+                                    "peak_bytes": peak, "output_bytes": dout.nbytes,
+                                    "peak_over_output": peak / dout.nbytes})
     return report
 
 
@@ -159,10 +201,46 @@ def format_table(report: dict[str, Any]) -> str:
                 lines.append(f"  {name:<30} {t['median_ms']:>9.2f}  ({t['min_ms']:.2f}-{t['max_ms']:.2f})")
         for k, v in r["ratios"].items():
             lines.append(f"  ratio {k:<38} {v:>6.2f}x")
+        roof = r["roofline"]
+        lines.append(f"  roofline: {roof['bytes']['fwd+bwd'] / 1e6:.1f} MB fwd+bwd, {roof['bytes']['fwd'] / 1e6:.1f} MB fwd "
+                     f"at {roof['bandwidth_gb_s']:.1f} GB/s (copy {roof['copy_ms']:.2f} ms) -> bound "
+                     f"{roof['bound_ms']['fwd+bwd']:.2f} / {roof['bound_ms']['fwd']:.2f} ms")
+        for name, f in roof["fraction"].items():
+            lines.append(f"    fraction of the bound reached by {name:<28} {f:>6.2f}")
+        for name in ("numpy fwd", "numpy fwd+bwd"):
+            t = r["peers"][name]
+            lines.append(f"  peak memory {name:<16} {t['peak_bytes'] / 2**20:>8.1f} MiB  ({t['peak_over_output']:.2f}x the output)")
     if report["sweep"]:
         lines.append("scaling (MPT T100 K8 R8, distinct rows, NumPy fwd+bwd): B, D -> median ms, peak MiB")
         for s in report["sweep"]:
-            lines.append(f"  B={s['B']:<4} D={s['D']:<5} {s['median_ms']:>9.2f} ms  {s['peak_bytes'] / 2**20:>8.1f} MiB")
+            lines.append(f"  B={s['B']:<4} D={s['D']:<5} {s['median_ms']:>9.2f} ms  {s['peak_bytes'] / 2**20:>8.1f} MiB"
+                         f"  ({s['peak_over_output']:.2f}x the output)")
+    return "\n".join(lines)
+
+
+def _ms(t: dict[str, Any] | None) -> str:
+    return f"{t['median_ms']:.1f}" if t and "median_ms" in t else "–"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The README's Performance table from a report (fwd+bwd for NumPy and PEFT-torch, fwd for ORT)."""
+    head = ("| case | rows | NumPy fwd+bwd | roofline fwd+bwd (fraction) | fwd then bwd | PEFT-torch fwd+bwd | ratio "
+            "| ORT faithful | ORT folded | ORT folded-any | ORT torch.onnx.export | best export speed-up | peak / output |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in report["results"]:
+        p, roof, ratio = r["peers"], r["roofline"], r["ratios"]
+        fb = p["numpy fwd+bwd"]
+        speedup = ratio.get("best ort export / ort torch export")
+        lines.append(
+            f"| {r['case']} | {r['rows']} | {_ms(fb)} | {roof['bound_ms']['fwd+bwd']:.1f} "
+            f"({roof['fraction'].get('numpy fwd+bwd', 0):.2f}) | {_ms(p.get('numpy fwd then bwd'))} "
+            f"| {_ms(p.get('peft-torch fwd+bwd'))} | "
+            + (f"{ratio['numpy/torch fwd+bwd']:.2f}" if "numpy/torch fwd+bwd" in ratio else "–")
+            + f" | {_ms(p.get('ort faithful'))} | {_ms(p.get('ort folded'))} | {_ms(p.get('ort folded-any'))} "
+            f"| {_ms(p.get('ort torch.onnx.export(PEFT)'))} | "
+            + (f"{1 / speedup:.1f}x" if speedup else "–")
+            + f" | {fb['peak_over_output']:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
     mpt-ref export PEFT_ADAPTER_DIR -o prompt.onnx [--full-encoder]    (or, without an adapter dir:)
     mpt-ref export -o prompt.onnx [--config adapter_config.json] [--checkpoint weights.safetensors]
-                   [--kind mpt] [--seed 0] [--variant faithful|folded] [--dtype float32|float16]
+                   [--kind mpt] [--seed 0] [--variant faithful|folded|folded-any] [--dtype float32|float16]
                    [--providers cpu,cuda] [--batch 3] [--force]
     mpt-ref export ... --format prompt-table -o table.npy [--vocab-size V]   (TensorRT-LLM / NeMo table + JSON)
     mpt-ref export ... --format triton -o DIR [--name NAME] [--max-batch-size 8]   (Triton model repository)

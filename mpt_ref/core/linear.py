@@ -17,9 +17,17 @@ class LinearCache(NamedTuple):
     weight: Array  # O,I
 
 
+def matmul_rows(x: Array, w: Array) -> Array:
+    """x (..., I) @ w (I, O) -> (..., O) as ONE 2-D matmul over the flattened leading axes. (NumPy treats
+    a 3-D @ 2-D product as a stack of small matmuls: 3-4x slower at B32 T20 768x3072, measured.) Same
+    products and sums per output entry as x @ w."""
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(x.shape[:-1] + (w.shape[-1],))
+
+
 def linear_forward(x: Array, weight: Array, bias: Array) -> tuple[Array, LinearCache]:
     """x (..., I), weight (O, I), bias (O,) -> y (..., O), cache."""
-    y = x @ weight.T + bias  # ...,O
+    y = matmul_rows(x, weight.T)  # ...,O
+    y += bias
     return y, LinearCache(x, weight)
 
 
@@ -28,7 +36,7 @@ def linear_backward(dout: Array, cache: LinearCache) -> tuple[Array, Array, Arra
     x, weight = cache
     O, I = weight.shape
     dout2, x2 = dout.reshape(-1, O), x.reshape(-1, I)  # N,O ; N,I  with N = product of leading axes
-    dx = dout @ weight  # ...,I
+    dx = matmul_rows(dout, weight)  # ...,I
     dweight = dout2.T @ x2  # O,I
     dbias = dout2.sum(axis=0)  # O
     return dx, dweight, dbias

@@ -19,6 +19,7 @@ import numpy as np
 
 from mpt_ref._types import Array
 from mpt_ref.core.activations import sigmoid, sigmoid_backward, tanh, tanh_backward
+from mpt_ref.core.linear import matmul_rows
 
 
 class LSTMCache(NamedTuple):
@@ -43,7 +44,8 @@ def lstm_forward(
         x = x[:, ::-1]  # B,T,I
     B, T, _ = x.shape
     H = w_hh.shape[1]
-    zx = x @ w_ih.T + (b_ih + b_hh)  # B,T,4H   input part of every step's pre-activation, one matmul
+    zx = matmul_rows(x, w_ih.T)  # B,T,4H   input part of every step's pre-activation, one 2-D matmul
+    zx += b_ih + b_hh
     gates = np.empty((B, T, 4 * H), dtype=x.dtype)
     c = np.zeros((B, T + 1, H), dtype=x.dtype)
     h = np.zeros((B, T + 1, H), dtype=x.dtype)
@@ -87,5 +89,5 @@ def lstm_backward(dout: Array, cache: LSTMCache) -> tuple[Array, Array, Array, A
     dw_ih = dz2.T @ x.reshape(B * T, x.shape[-1])  # 4H,I  (explicit width: B*T may be 0)
     dw_hh = dz2.T @ h[:, :-1].reshape(B * T, H)  # 4H,H   h[t-1] feeds step t
     db = dz2.sum(axis=0)  # 4H
-    dx = dz @ w_ih  # B,T,I
+    dx = matmul_rows(dz, w_ih)  # B,T,I
     return (dx[:, ::-1] if reverse else dx), dw_ih, dw_hh, db, db.copy()

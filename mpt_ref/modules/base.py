@@ -1,4 +1,21 @@
-"""The small base shared by the PEFT-like classes: a flat params dict under PEFT keys, state dicts."""
+"""The small base shared by the PEFT-like classes: a flat params dict under PEFT keys, state dicts, and
+the one body of ``forward`` / ``backward`` / ``forward_backward`` every class uses.
+
+Each class supplies four hooks: ``_prepare(*inputs, draw=..., **kw)`` (validate, return the validated
+inputs as a tuple), ``_forward_core(prepared) -> (out, cache)``, ``_cache_core(prepared) -> cache``
+(default: the forward's cache) and ``_backward_core(dout, cache) -> grads``, plus ``_out_shape``.
+
+The two-call path. ``backward(dout, inputs)`` is stateless: its result is the gradient at the current
+parameters for those inputs, whatever was called before. To not pay a second forward after
+``forward(inputs)``, the last forward's cache is reused only when that is provably the same
+computation:
+
+- the validated inputs are equal by value to the ones the forward saw (the forward keeps its own
+  copies, so a caller mutating its arrays in place in between is seen), and
+- the parameters are the ones the forward read: parameter arrays are read-only (an in-place write
+  raises ``ValueError``), the only writers are ``load_state_dict`` and ``set_parameters``, and both bump
+  ``_version``, which the saved cache is stamped with.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +26,7 @@ from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
+from mpt_ref import _checks
 from mpt_ref._types import Params
 from mpt_ref._version import PEFT_VERSION, __version__
 from mpt_ref.errors import CheckpointError, ConfigError
@@ -76,12 +94,62 @@ class LoadResult(NamedTuple):
     unexpected_keys: list[str]
 
 
+def _read_only(value: np.ndarray) -> np.ndarray:
+    value.flags.writeable = False
+    return value
+
+
+def _owned(value: Any) -> Any:
+    """A private copy of validated inputs (arrays copied, tuples/lists walked, anything else as is)."""
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_owned(v) for v in value)
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal by value: arrays of the same dtype and shape with equal entries, sequences item by item."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and a.shape == b.shape and bool(np.array_equal(a, b)))
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b)))
+    return a is b or a == b
+
+
+class _LastForward(NamedTuple):
+    version: int     # the module's _version when the forward ran
+    prepared: tuple  # its validated inputs (private copies)
+    cache: Any
+
+
 class Module:
-    """Holds ``_params`` (PEFT key -> array, in PEFT's state_dict order) and the module dtype."""
+    """Holds ``_params`` (PEFT key -> read-only array, in PEFT's state_dict order) and the module dtype."""
 
     _params: Params
     dtype: np.dtype
     config: Any
+    _version: int = 0
+    _last: _LastForward | None = None
+
+    # -- parameters -------------------------------------------------------------------------------
+
+    def _install(self, params: Params) -> None:
+        """Make ``params`` the module's parameters (arrays owned by the module, marked read-only) and
+        invalidate every saved forward cache."""
+        self._params = {k: _read_only(v) for k, v in params.items()}
+        self._version += 1
+        self._last = None
+
+    def set_parameters(self, updates: Mapping[str, Any]) -> None:
+        """Write new values for some parameters (same validation as ``load_state_dict(strict=False)``,
+        unknown keys refused). The way to change a parameter: the arrays themselves are read-only."""
+        unknown = [k for k in updates if k not in self._params]
+        if unknown:
+            raise CheckpointError(f"updates: expected keys among {list(self._params)}, got unknown {unknown}")
+        self.load_state_dict(updates, strict=False)
 
     def state_dict(self) -> Params:
         """Copies of the parameters, in PEFT's key order."""
@@ -111,7 +179,7 @@ class Module:
                     f"state_dict[{key!r}]: expected shape {self._params[key].shape}, got {value.shape}"
                 )
             staged[key] = value.astype(self.dtype)  # always a copy
-        self._params.update(staged)
+        self._install({**self._params, **staged})
         return LoadResult(missing, unexpected)
 
     def adapter_tensors(self) -> Params:
@@ -173,3 +241,47 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         return self.forward(*args, **kwargs)
+
+    # -- forward / backward, written once for every class ------------------------------------------
+
+    def _prepare(self, *inputs: Any, draw: bool, **kwargs: Any) -> tuple:
+        """Validated inputs. ``draw``: the forward may draw what was omitted (dropout masks)."""
+        raise NotImplementedError
+
+    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def _forward_core(self, prepared: tuple) -> tuple[np.ndarray, Any]:
+        raise NotImplementedError
+
+    def _cache_core(self, prepared: tuple) -> Any:
+        """What the backward needs; classes override it when that is cheaper than a forward."""
+        return self._forward_core(prepared)[1]
+
+    def _backward_core(self, dout: np.ndarray, cache: Any) -> Params:
+        raise NotImplementedError
+
+    def _forward(self, *inputs: Any, **kwargs: Any) -> np.ndarray:
+        prepared = _owned(self._prepare(*inputs, draw=True, **kwargs))
+        out, cache = self._forward_core(prepared)
+        self._last = _LastForward(self._version, prepared, cache)
+        return out
+
+    def _dout(self, dout: Any, prepared: tuple) -> np.ndarray:
+        return _checks.float_array("dout", dout, self._out_shape(prepared), self.dtype)
+
+    def _backward(self, dout: Any, *inputs: Any, **kwargs: Any) -> Params:
+        prepared = self._prepare(*inputs, draw=False, **kwargs)
+        dout = self._dout(dout, prepared)
+        last = self._last
+        if last is not None and last.version == self._version and _same(last.prepared, prepared):
+            cache = last.cache  # the same computation as the last forward (module docstring)
+        else:
+            cache = self._cache_core(prepared)
+        return self._backward_core(dout, cache)
+
+    def _forward_backward(self, dout: Any, *inputs: Any, **kwargs: Any) -> tuple[np.ndarray, Params]:
+        prepared = self._prepare(*inputs, draw=False, **kwargs)
+        dout = self._dout(dout, prepared)
+        out, cache = self._forward_core(prepared)
+        return out, self._backward_core(dout, cache)

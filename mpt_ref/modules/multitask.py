@@ -8,7 +8,7 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._types import Array, Params
-from mpt_ref.core.mpt import mpt_backward, mpt_cache, mpt_forward
+from mpt_ref.core.mpt import MptCache, mpt_backward, mpt_cache, mpt_forward
 from mpt_ref.io.adapter_files import TABLE_KEY
 from mpt_ref.modules.base import Module
 from mpt_ref.modules.config import SOURCE_INITS, MultitaskPromptTuningConfig
@@ -48,32 +48,39 @@ class MultitaskPromptEmbedding(Module):
         self.rng = np.random.default_rng(seed)
         weight = init_prompt_embedding(config, self.rng, word_embeddings, init_token_ids, (T, D), self.dtype)
         cols, rows = init_task_factors(self.rng, self.num_tasks, T, self.num_ranks, D, self.dtype)
-        self._params = {"prefix_task_cols": cols, "prefix_task_rows": rows, "embedding.weight": weight}
+        self._install({"prefix_task_cols": cols, "prefix_task_rows": rows, "embedding.weight": weight})
         if self.config.prompt_tuning_init in SOURCE_INITS:
             source = load_source_checkpoint(config.prompt_tuning_init_state_dict_path)
             self.load_state_dict(source_init(self.config, source, T, D), strict=False)
 
-    def _inputs(self, indices: Any, task_ids: Any) -> tuple[np.ndarray, np.ndarray]:
-        ids = _checks.indices(indices, self.total_virtual_tokens, tokens=self.total_virtual_tokens)
-        return ids, _checks.task_ids(task_ids, ids.shape[0], self.num_tasks)
+    def _prepare(self, indices: Any, task_ids: Any, *, draw: bool) -> tuple[np.ndarray, np.ndarray]:
+        ids = _checks.indices(indices, self.total_virtual_tokens, tokens=self.total_virtual_tokens)  # B,T
+        return ids, _checks.task_ids(task_ids, ids.shape[0], self.num_tasks)  # B|1
+
+    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
+        return prepared[0].shape + (self.token_dim,)  # B,T,D
+
+    def _forward_core(self, prepared: tuple) -> tuple[Array, MptCache]:
+        return mpt_forward(self._params, *prepared)
+
+    def _cache_core(self, prepared: tuple) -> MptCache:
+        return mpt_cache(self._params, *prepared)  # no (B,T,D) output formed
+
+    def _backward_core(self, dout: Array, cache: MptCache) -> Params:
+        return mpt_backward(dout, cache)
 
     def forward(self, indices: Any, task_ids: Any) -> Array:
         """indices (B, T) in [0, T), task_ids (B,) or (1,) in [0, K) -> (B, T, D)."""
-        out, _ = mpt_forward(self._params, *self._inputs(indices, task_ids))
-        return out
+        return self._forward(indices, task_ids)
 
     def backward(self, dout: Any, indices: Any, task_ids: Any) -> Params:
-        """Gradient of sum(forward(indices, task_ids) * dout), keyed like ``state_dict()``."""
-        ids, tasks = self._inputs(indices, task_ids)
-        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
-        return mpt_backward(dout, mpt_cache(self._params, ids, tasks))
+        """Gradient of sum(forward(indices, task_ids) * dout), keyed like ``state_dict()``. Reuses the
+        last forward's work when it provably applies (modules/base.py), else recomputes."""
+        return self._backward(dout, indices, task_ids)
 
     def forward_backward(self, dout: Any, indices: Any, task_ids: Any) -> tuple[Array, Params]:
         """(forward(indices, task_ids), backward(dout, ...)) from a single forward pass."""
-        ids, tasks = self._inputs(indices, task_ids)
-        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
-        out, cache = mpt_forward(self._params, ids, tasks)
-        return out, mpt_backward(dout, cache)
+        return self._forward_backward(dout, indices, task_ids)
 
     def adapter_tensors(self) -> Params:
         """PEFT's adapter keys: both task factors and the shared prompt as ``prompt_embeddings``."""

@@ -9,7 +9,7 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._types import Array, Params
-from mpt_ref.core.embedding import embedding_backward, embedding_forward
+from mpt_ref.core.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from mpt_ref.errors import ConfigError
 from mpt_ref.modules.base import Module
 from mpt_ref.modules.config import PromptTuningConfig
@@ -55,29 +55,34 @@ class PromptEmbedding(Module):
         self.seed = seed  # the init seed (None: fresh entropy), stamped into ONNX exports
         self.rng = np.random.default_rng(seed)
         weight = init_prompt_embedding(config, self.rng, word_embeddings, init_token_ids, (T, D), self.dtype)
-        self._params = {"embedding.weight": weight}
+        self._install({"embedding.weight": weight})
 
-    def _indices(self, indices: Any) -> np.ndarray:
-        return _checks.indices(indices, self.total_virtual_tokens)
+    def _prepare(self, indices: Any, *, draw: bool) -> tuple[np.ndarray]:
+        return (_checks.indices(indices, self.total_virtual_tokens),)  # B,T'
+
+    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
+        return prepared[0].shape + (self.token_dim,)  # B,T',D
+
+    def _forward_core(self, prepared: tuple) -> tuple[Array, EmbeddingCache]:
+        return embedding_forward(self._params["embedding.weight"], prepared[0])
+
+    def _cache_core(self, prepared: tuple) -> EmbeddingCache:
+        return EmbeddingCache(prepared[0], self.total_virtual_tokens)  # the gather is not needed
+
+    def _backward_core(self, dout: Array, cache: EmbeddingCache) -> Params:
+        return {"embedding.weight": embedding_backward(dout, cache)}
 
     def forward(self, indices: Any) -> Array:
         """indices (B, T') in [0, T) -> (B, T', D)."""
-        out, _ = embedding_forward(self._params["embedding.weight"], self._indices(indices))
-        return out
+        return self._forward(indices)
 
     def backward(self, dout: Any, indices: Any) -> Params:
         """Gradient of sum(forward(indices) * dout) -> {"embedding.weight": (T, D)}."""
-        ids = self._indices(indices)
-        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
-        _, cache = embedding_forward(self._params["embedding.weight"], ids)
-        return {"embedding.weight": embedding_backward(dout, cache)}
+        return self._backward(dout, indices)
 
     def forward_backward(self, dout: Any, indices: Any) -> tuple[Array, Params]:
         """(forward(indices), backward(dout, indices)) from a single forward pass."""
-        ids = self._indices(indices)
-        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
-        out, cache = embedding_forward(self._params["embedding.weight"], ids)
-        return out, {"embedding.weight": embedding_backward(dout, cache)}
+        return self._forward_backward(dout, indices)
 
     def get_prompt(self, batch_size: int) -> Array:
         """What PEFT's ``get_prompt`` returns: forward(arange(T)) repeated over the batch (B, T, D)."""

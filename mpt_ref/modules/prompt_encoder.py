@@ -15,7 +15,7 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._types import Array, Params
-from mpt_ref.core.embedding import embedding_backward, embedding_forward
+from mpt_ref.core.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from mpt_ref.core.encoder import (
     EncoderCache,
     prompt_encoder_backward,
@@ -24,31 +24,19 @@ from mpt_ref.core.encoder import (
 from mpt_ref.core.encoder_dedup import dedup_backward, dedup_forward
 from mpt_ref.core.lstm_stack import init_lstm_stack
 from mpt_ref.core.mlp_head import init_mlp_head
-from mpt_ref.errors import ConfigError, InputError, InputTypeError
+from mpt_ref.errors import ConfigError, InputTypeError
 from mpt_ref.io.adapter_files import ENCODER_NAME, TABLE_KEY
 from mpt_ref.io.checkpoint import safetensors_bytes
 from mpt_ref.modules.base import Module
 from mpt_ref.modules.config import PromptEncoderConfig
 from mpt_ref.modules.config import PromptEncoderReparameterizationType as EncoderType
-
-PEFT_TYPE_ERROR = "Prompt encoder type not recognized. Please use one of MLP (recommended) or LSTM."
-MLP_NUM_LAYERS = 2  # PEFT compares encoder_num_layers with this default and warns when it differs
-
-
-def mlp_num_layers_warning(type_name: str) -> str:
-    """PEFT's exact warning text for an MLP encoder whose encoder_num_layers != 2."""
-    return (
-        f"for {type_name}, the argument `encoder_num_layers` is ignored. "
-        f"Exactly {MLP_NUM_LAYERS} MLP layers are used."
-    )
-
-
-def lstm_dropout_warning(dropout: float, num_layers: int) -> str:
-    """torch.nn.LSTM's exact warning text for dropout > 0 with a single layer."""
-    return (
-        "dropout option adds dropout after all but last recurrent layer, so non-zero dropout expects "
-        f"num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}"
-    )
+from mpt_ref.modules.dropout import DropoutPolicy
+from mpt_ref.modules.peft_texts import (
+    MLP_NUM_LAYERS,
+    PEFT_TYPE_ERROR,
+    lstm_dropout_warning,
+    mlp_num_layers_warning,
+)
 
 
 class PromptEncoder(Module):
@@ -101,15 +89,15 @@ class PromptEncoder(Module):
                 warnings.warn(lstm_dropout_warning(config.encoder_dropout, self.num_layers), UserWarning, stacklevel=2)
 
         self.seed = seed  # the init seed (None: fresh entropy), stamped into ONNX exports
+        self._dropout = DropoutPolicy(self.dropout, self.num_layers, H, self.dtype, self._no_dropout_reason())
         self.rng = np.random.default_rng(seed)  # init draws first, then dropout masks
-        self._params = {"embedding.weight": self.rng.standard_normal((T, D)).astype(self.dtype)}  # N(0, 1)
-        if self.inference_mode:
-            return
-        if encoder_type == EncoderType.LSTM:
-            self._params.update(init_lstm_stack(self.rng, D, H, self.num_layers, self.dtype))
-            self._params.update(init_mlp_head(self.rng, (2 * H, 2 * H, D), self.dtype))
-        else:
-            self._params.update(init_mlp_head(self.rng, (D, H, H, D), self.dtype))
+        params = {"embedding.weight": self.rng.standard_normal((T, D)).astype(self.dtype)}  # N(0, 1)
+        if not self.inference_mode and encoder_type == EncoderType.LSTM:
+            params.update(init_lstm_stack(self.rng, D, H, self.num_layers, self.dtype))
+            params.update(init_mlp_head(self.rng, (2 * H, 2 * H, D), self.dtype))
+        elif not self.inference_mode:
+            params.update(init_mlp_head(self.rng, (D, H, H, D), self.dtype))
+        self._install(params)
 
     # -- mode -----------------------------------------------------------------------------------
 
@@ -125,9 +113,10 @@ class PromptEncoder(Module):
     @property
     def has_dropout(self) -> bool:
         """Whether the architecture has inter-layer dropout (LSTM, p > 0, L > 1), in either mode."""
-        return not self.inference_mode and self.encoder_type == EncoderType.LSTM and self.dropout > 0 and self.num_layers > 1
+        return self._dropout.has_dropout
 
     def _no_dropout_reason(self) -> str:
+        """Why the architecture has no dropout, or "" when it has (modules/dropout.py)."""
         if self.inference_mode:
             return "inference_mode=True has no encoder"
         if self.encoder_type == EncoderType.MLP:
@@ -136,52 +125,26 @@ class PromptEncoder(Module):
             return "encoder_dropout is 0"
         if self.num_layers == 1:
             return "a 1-layer LSTM has no inter-layer dropout"
-        return "eval mode"
+        return ""
 
     def sample_dropout_masks(self, batch_size: int, tokens: int | None = None, *, rng: np.random.Generator | None = None) -> list[np.ndarray]:
         """L−1 boolean keep masks (B, T', 2H), each entry kept with probability 1 − p, from ``rng`` (default:
         the module's generator). [] when the encoder has no dropout. Pass them to forward and backward."""
-        if not self.has_dropout:
-            return []
-        B = _checks.positive_int("batch_size", batch_size, minimum=0)
-        Tp = self.total_virtual_tokens if tokens is None else _checks.positive_int("tokens", tokens, minimum=0)
-        rng = self.rng if rng is None else rng
-        shape = (B, Tp, 2 * self.hidden_size)
-        return [rng.random(shape) >= self.dropout for _ in range(self.num_layers - 1)]
+        tokens = self.total_virtual_tokens if tokens is None else tokens
+        return self._dropout.sample_masks(self.rng if rng is None else rng, batch_size, tokens)
 
-    def _dropout_scales(self, masks: Any, shape: tuple[int, int], *, draw: bool) -> list[Array] | None:
-        """Validated masks -> multipliers {0, 1/(1−p)} in the module dtype; None when no dropout applies."""
-        if not (self.training and self.has_dropout):
-            if masks is not None and len(masks) > 0:
-                raise InputError(f"dropout_masks: expected None, because no dropout applies ({self._no_dropout_reason()}), "
-                                 f"got {len(masks)} mask(s)")
-            return None
-        L, H = self.num_layers, self.hidden_size
-        if masks is None:
-            if not draw:
-                raise InputError(
-                    f"dropout_masks: expected the {L - 1} keep mask(s) forward used (train mode, encoder_dropout="
-                    f"{self.dropout}, L={L}), got None; draw them with sample_dropout_masks() and pass the same "
-                    "masks to forward and backward"
-                )
-            masks = self.sample_dropout_masks(*shape)
-        if isinstance(masks, np.ndarray) or not isinstance(masks, Sequence) or len(masks) != L - 1:
-            raise InputError(f"dropout_masks: expected a list of L-1={L - 1} boolean arrays, got {_checks._describe(masks)}")
-        scale = np.asarray(1 / (1 - self.dropout), dtype=self.dtype)
-        scales = []
-        for k, mask in enumerate(masks):
-            mask = np.asarray(mask)
-            if mask.dtype != np.bool_:
-                raise InputTypeError(f"dropout_masks[{k}]: expected a bool keep mask, got {_checks._describe(mask)}")
-            if mask.shape != shape + (2 * H,):
-                raise InputError(f"dropout_masks[{k}]: expected shape {shape + (2 * H,)} (B, T', 2H), got {mask.shape}")
-            scales.append(mask * scale)  # B,T',2H  0 or 1/(1-p), module dtype
-        return scales
+    # -- forward / backward (the bodies are modules/base.py's) ----------------------------------------
 
-    # -- forward / backward -------------------------------------------------------------------------
+    def _prepare(self, indices: Any, *, dropout_masks: Any = None, draw: bool) -> tuple:
+        ids = _checks.indices(indices, self.total_virtual_tokens)  # B,T'
+        scales = self._dropout.scales(dropout_masks, ids.shape, training=self.training, draw=draw, rng=self.rng)
+        return ids, scales
 
-    def _run(self, ids: np.ndarray, dropout_masks: Any, *, draw: bool) -> tuple[Array, Any]:
-        scales = self._dropout_scales(dropout_masks, ids.shape, draw=draw)
+    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
+        return prepared[0].shape + (self.token_dim,)  # B,T',D
+
+    def _forward_core(self, prepared: tuple) -> tuple[Array, Any]:
+        ids, scales = prepared
         if self.inference_mode:
             return embedding_forward(self._params["embedding.weight"], ids)
         if scales is None and ids.size:  # no per-row dropout: compute each distinct input once
@@ -190,27 +153,27 @@ class PromptEncoder(Module):
             self._params, ids, encoder_type=self.encoder_type, num_layers=self.num_layers, dropout_scales=scales
         )
 
+    def _backward_core(self, dout: Array, cache: Any) -> Params:
+        if isinstance(cache, EmbeddingCache):
+            return {"embedding.weight": embedding_backward(dout, cache)}
+        if isinstance(cache, EncoderCache):
+            return prompt_encoder_backward(dout, cache)
+        return dedup_backward(dout, cache)
+
     def forward(self, indices: Any, *, dropout_masks: Sequence[Any] | None = None) -> Array:
         """indices (B, T') in [0, T) -> (B, T', D). PEFT always passes arange(T) rows."""
-        ids = _checks.indices(indices, self.total_virtual_tokens)
-        return self._run(ids, dropout_masks, draw=True)[0]
+        return self._forward(indices, dropout_masks=dropout_masks)
 
     def backward(self, dout: Any, indices: Any, *, dropout_masks: Sequence[Any] | None = None) -> Params:
-        """Gradient of sum(forward(indices, dropout_masks=...) * dout), keyed like ``state_dict()``."""
-        return self.forward_backward(dout, indices, dropout_masks=dropout_masks)[1]
+        """Gradient of sum(forward(indices, dropout_masks=...) * dout), keyed like ``state_dict()``. Reuses
+        the last forward's work when it provably applies (modules/base.py), else recomputes."""
+        return self._backward(dout, indices, dropout_masks=dropout_masks)
 
     def forward_backward(self, dout: Any, indices: Any, *,
                          dropout_masks: Sequence[Any] | None = None) -> tuple[Array, Params]:
         """(forward, backward) from a single forward pass; in train mode with dropout the masks must be
         given (the same ones a separate forward would have used)."""
-        ids = _checks.indices(indices, self.total_virtual_tokens)
-        dout = _checks.float_array("dout", dout, ids.shape + (self.token_dim,), self.dtype)
-        out, cache = self._run(ids, dropout_masks, draw=False)
-        if self.inference_mode:
-            return out, {"embedding.weight": embedding_backward(dout, cache)}
-        if not isinstance(cache, EncoderCache):
-            return out, dedup_backward(dout, cache)
-        return out, prompt_encoder_backward(dout, cache)
+        return self._forward_backward(dout, indices, dropout_masks=dropout_masks)
 
     def adapter_tensors(self) -> Params:
         """The eval-mode encoder output as ``prompt_embeddings`` (PEFT saves P-tuning pre-reparameterized)."""

@@ -55,8 +55,7 @@ def train(model: BaseModel, module: Any, batches: Callable[[int], Batch], steps:
           task_weights: dict[int, float] | None = None) -> dict[str, list[float]]:
     """Adam on the module's parameters; returns the loss per step and accuracy every ``every`` steps.
     task_weights: λ_t scaling the loss (and so the gradient) of batches of task t (default 1)."""
-    params = module.state_dict()
-    optimizer = Adam(params, lr=lr)
+    optimizer = Adam(module, lr=lr)  # writes the module's parameters back after each step
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     for step in range(steps):
         batch = batches(step)
@@ -64,7 +63,6 @@ def train(model: BaseModel, module: Any, batches: Callable[[int], Batch], steps:
         loss, grads = step_loss(model, module, batch, teacher, alpha, beta)
         weight = (task_weights or {}).get(batch.task, 1.0)
         optimizer.step({k: weight * g for k, g in grads.items()} if weight != 1.0 else grads)
-        module.load_state_dict(params)
         history["loss"].append(loss)
         if evaluate is not None and (step + 1) % every == 0:
             history["accuracy"].append(evaluate(module))
