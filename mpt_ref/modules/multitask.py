@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -10,18 +10,16 @@ from mpt_ref import _checks
 from mpt_ref._types import Array, Params
 from mpt_ref.core.mpt import MptCache, mpt_backward, mpt_cache, mpt_forward
 from mpt_ref.io.adapter_files import TABLE_KEY
-from mpt_ref.modules.base import Module
 from mpt_ref.modules.config import SOURCE_INITS, MultitaskPromptTuningConfig
 from mpt_ref.modules.init import (
-    init_prompt_embedding,
     init_task_factors,
     load_source_checkpoint,
     source_init,
 )
-from mpt_ref.modules.prompt_embedding import resolve_config
+from mpt_ref.modules.prompt_table import PromptTableModule
 
 
-class MultitaskPromptEmbedding(Module):
+class MultitaskPromptEmbedding(PromptTableModule):
     """Multitask prompt tuning: out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b]).
 
     Parameters (PEFT order): ``prefix_task_cols`` C (K, T, R), ``prefix_task_rows`` R (K, R, D),
@@ -31,26 +29,13 @@ class MultitaskPromptEmbedding(Module):
 
     config_class = MultitaskPromptTuningConfig
 
-    def __init__(
-        self,
-        config: MultitaskPromptTuningConfig,
-        word_embeddings: Any = None,
-        *,
-        seed: int | None = None,
-        dtype: Any = np.float32,
-        init_token_ids: Sequence[int] | None = None,
-    ) -> None:
-        self.dtype = _checks.float_dtype("dtype", dtype)
-        self.config, T, D = resolve_config(config, self.config_class, word_embeddings)
-        self.total_virtual_tokens, self.token_dim = T, D
-        self.num_tasks, self.num_ranks = config.num_tasks, config.num_ranks
-        self.seed = seed  # the init seed (None: fresh entropy), stamped into ONNX exports
-        self.rng = np.random.default_rng(seed)
-        weight = init_prompt_embedding(config, self.rng, word_embeddings, init_token_ids, (T, D), self.dtype)
+    def _init_params(self, weight: Array) -> None:
+        T, D = self.total_virtual_tokens, self.token_dim
+        self.num_tasks, self.num_ranks = self.config.num_tasks, self.config.num_ranks
         cols, rows = init_task_factors(self.rng, self.num_tasks, T, self.num_ranks, D, self.dtype)
         self._install({"prefix_task_cols": cols, "prefix_task_rows": rows, "embedding.weight": weight})
         if self.config.prompt_tuning_init in SOURCE_INITS:
-            source = load_source_checkpoint(config.prompt_tuning_init_state_dict_path)
+            source = load_source_checkpoint(self.config.prompt_tuning_init_state_dict_path)
             self.load_state_dict(source_init(self.config, source, T, D), strict=False)
 
     def _prepare(self, indices: Any, task_ids: Any, *, draw: bool) -> tuple[np.ndarray, np.ndarray]:
