@@ -27,8 +27,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except MptRefError as exc:
-        print(f"mpt-ref {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except OSError as exc:  # user paths: read-only, missing, under a file, too long, a directory, full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(args.command, f"{where}{exc.strerror or type(exc).__name__}")
+    except ValueError as exc:
+        if "null byte" not in str(exc):  # a NUL in a path; anything else is a bug: keep its traceback
+            raise
+        return _fail(args.command, "a path: expected no NUL character, got one")
+
+
+def _fail(command: str, message: str) -> int:
+    """One line on stderr, exit 2 (bad usage or unreadable input), no traceback."""
+    print(f"mpt-ref {command}: error: {message.splitlines()[0] if message else 'failed'}"[:2000], file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

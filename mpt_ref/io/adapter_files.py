@@ -7,8 +7,8 @@ a directory back into a module.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from mpt_ref.errors import CheckpointError, OutputExistsError
 from mpt_ref.io.atomic import atomic_write_directory

@@ -20,8 +20,8 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 from mpt_ref.errors import OutputExistsError
 
@@ -66,13 +66,34 @@ def _write_synced(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def _check_target(path: Path) -> None:
+    """An output path must be a regular file (or new), under directories (or new ones): never a device,
+    FIFO or directory replaced by a rename, never a path under an existing file."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        if exc.errno == errno.ENOTDIR:
+            st = None  # reported below, naming the file in the way
+        else:
+            raise
+    if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a device, FIFO or socket"
+        raise OutputExistsError(f"{path}: expected a regular file to write, got {kind} (not replaced)")
+    for parent in path.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OutputExistsError(f"{path}: expected a directory at {parent}, got an existing file")
+            break
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; refuse an existing file unless ``overwrite``."""
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path}: expected a new file, got an existing one (pass overwrite=True / --force)")
-    if path.is_dir():
-        raise OutputExistsError(f"{path}: expected a file path, got an existing directory")
+    _check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:

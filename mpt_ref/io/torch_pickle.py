@@ -26,14 +26,20 @@ import os
 import pickle
 import re
 import zipfile
-from struct import error as struct_error
 from pathlib import Path, PurePosixPath
+from struct import error as struct_error
 from typing import Any
 
 import numpy as np
 
 from mpt_ref.errors import CheckpointError
-from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32, exc_text, read_regular_file, short
+from mpt_ref.io.limits import (
+    MAX_BYTES,
+    bf16_to_float32,
+    exc_text,
+    read_regular_file,
+    short,
+)
 
 STORAGE_DTYPES = {
     "FloatStorage": np.dtype("<f4"), "DoubleStorage": np.dtype("<f8"), "HalfStorage": np.dtype("<f2"),
@@ -58,7 +64,7 @@ class _Frozen:
 
 
 class _StorageType(_Frozen):
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, name: str) -> None:
         object.__setattr__(self, "name", name)
@@ -66,7 +72,7 @@ class _StorageType(_Frozen):
 
 
 class _Storage(_Frozen):
-    __slots__ = ("data", "bf16")
+    __slots__ = ("bf16", "data")
 
     def __init__(self, data: np.ndarray, bf16: bool) -> None:
         object.__setattr__(self, "data", data)
@@ -76,7 +82,7 @@ class _Storage(_Frozen):
 class _Tensor:
     """A rebuilt tensor (not yet materialised: the copies are made once the pickle is accepted)."""
 
-    __slots__ = ("storage", "offset", "size", "stride")
+    __slots__ = ("offset", "size", "storage", "stride")
 
     def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
         self.storage, self.offset, self.size, self.stride = storage, offset, size, stride

@@ -44,7 +44,7 @@ class MultitaskPromptEmbedding(Module):
         self.config, T, D = resolve_config(config, self.config_class, word_embeddings)
         self.total_virtual_tokens, self.token_dim = T, D
         self.num_tasks, self.num_ranks = config.num_tasks, config.num_ranks
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(_checks.seed(seed))
         weight = init_prompt_embedding(config, self.rng, word_embeddings, init_token_ids, (T, D), self.dtype)
         cols, rows = init_task_factors(self.rng, self.num_tasks, T, self.num_ranks, D, self.dtype)
         self._params = {"prefix_task_cols": cols, "prefix_task_rows": rows, "embedding.weight": weight}

@@ -52,7 +52,7 @@ class PromptEmbedding(Module):
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.config, T, D = resolve_config(config, self.config_class, word_embeddings)
         self.total_virtual_tokens, self.token_dim = T, D
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(_checks.seed(seed))
         weight = init_prompt_embedding(config, self.rng, word_embeddings, init_token_ids, (T, D), self.dtype)
         self._params = {"embedding.weight": weight}
 

@@ -100,7 +100,7 @@ class PromptEncoder(Module):
             if encoder_type == EncoderType.LSTM and self.dropout > 0 and self.num_layers == 1:
                 warnings.warn(lstm_dropout_warning(config.encoder_dropout, self.num_layers), UserWarning, stacklevel=2)
 
-        self.rng = np.random.default_rng(seed)  # init draws first, then dropout masks
+        self.rng = np.random.default_rng(_checks.seed(seed))  # init draws first, then dropout masks
         self._params = {"embedding.weight": self.rng.standard_normal((T, D)).astype(self.dtype)}  # N(0, 1)
         if self.inference_mode:
             return
