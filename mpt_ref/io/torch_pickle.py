@@ -27,6 +27,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path, PurePosixPath
+import struct
 from struct import error as struct_error
 from typing import Any
 
@@ -111,8 +112,8 @@ def _int_tuple(value: Any) -> bool:
     return type(value) is tuple and len(value) <= MAX_RANK and all(type(v) is int for v in value)
 
 
-def _rebuild_tensor_v2(storage: Any = None, offset: Any = None, size: Any = None, stride: Any = None,
-                       requires_grad: Any = False, backward_hooks: Any = None, metadata: Any = None) -> _Tensor:
+def _rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                       backward_hooks: Any, metadata: Any = None) -> _Tensor:
     if not isinstance(storage, _Storage):
         raise CheckpointError(f"tensor: expected a storage reference, got {type(storage).__name__}")
     if type(offset) is not int or not _int_tuple(size) or not _int_tuple(stride) or len(size) != len(stride):
@@ -121,8 +122,10 @@ def _rebuild_tensor_v2(storage: Any = None, offset: Any = None, size: Any = None
     if offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise CheckpointError(f"tensor: expected non-negative offset/size/stride, got {short(offset)}, "
                               f"{short(size)}, {short(stride)}")
-    if not (backward_hooks is None or (type(backward_hooks) is collections.OrderedDict and not backward_hooks)):
-        raise CheckpointError(f"tensor: expected no backward hooks, got {type(backward_hooks).__name__}")
+    _check_flags(storage, requires_grad, backward_hooks)
+    if not (metadata is None or (type(metadata) in (dict, collections.OrderedDict) and not metadata)):
+        raise CheckpointError(f"tensor: expected no tensor metadata (conj/neg bits change values), got "
+                              f"{type(metadata).__name__}")
     tensor = _Tensor(storage, offset, size, stride)
     elements = storage.data.size
     if tensor.numel:
@@ -137,19 +140,29 @@ def _rebuild_tensor_v2(storage: Any = None, offset: Any = None, size: Any = None
     return tensor
 
 
-def _rebuild_parameter(data: Any = None, requires_grad: Any = False, backward_hooks: Any = None) -> _Tensor:
+def _check_flags(storage: _Storage, requires_grad: Any, backward_hooks: Any) -> None:
+    if type(requires_grad) is not bool:
+        raise CheckpointError(f"tensor: expected a bool requires_grad, got {type(requires_grad).__name__}")
+    if requires_grad and storage.data.dtype.kind not in "f" and not storage.bf16:
+        raise CheckpointError(f"tensor: expected requires_grad only on floating tensors, got {storage.data.dtype}")
+    if not (type(backward_hooks) is collections.OrderedDict and not backward_hooks):
+        raise CheckpointError(f"tensor: expected no backward hooks (an empty OrderedDict), got "
+                              f"{type(backward_hooks).__name__}")
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any, backward_hooks: Any) -> _Tensor:
     if not isinstance(data, _Tensor):
         raise CheckpointError(f"parameter: expected a tensor, got {type(data).__name__}")
+    _check_flags(data.storage, requires_grad, backward_hooks)
     return data
 
 
 _P = pickle  # opcode names
-_OPS = {
-    _P.PROTO, _P.FRAME, _P.STOP, _P.MARK, _P.POP, _P.NONE, _P.NEWTRUE, _P.NEWFALSE, _P.BININT, _P.BININT1,
-    _P.BININT2, _P.LONG1, _P.BINFLOAT, _P.SHORT_BINUNICODE, _P.BINUNICODE, _P.BINUNICODE8, _P.EMPTY_TUPLE,
-    _P.TUPLE, _P.TUPLE1, _P.TUPLE2, _P.TUPLE3, _P.EMPTY_LIST, _P.APPEND, _P.APPENDS, _P.EMPTY_DICT, _P.SETITEM,
-    _P.SETITEMS, _P.BINPUT, _P.LONG_BINPUT, _P.MEMOIZE, _P.BINGET, _P.LONG_BINGET, _P.GLOBAL, _P.STACK_GLOBAL,
-    _P.REDUCE, _P.BUILD, _P.NEWOBJ, _P.BINPERSID,
+_OPS = {  # torch.load(weights_only=True)'s opcode table, less EMPTY_SET (sets hash attacker values)
+    _P.PROTO, _P.STOP, _P.MARK, _P.NONE, _P.NEWTRUE, _P.NEWFALSE, _P.BININT, _P.BININT1, _P.BININT2, _P.LONG1,
+    _P.BINFLOAT, _P.BINUNICODE, _P.SHORT_BINSTRING, _P.EMPTY_TUPLE, _P.TUPLE, _P.TUPLE1, _P.TUPLE2, _P.TUPLE3,
+    _P.EMPTY_LIST, _P.APPEND, _P.APPENDS, _P.EMPTY_DICT, _P.SETITEM, _P.SETITEMS, _P.BINPUT, _P.LONG_BINPUT,
+    _P.BINGET, _P.LONG_BINGET, _P.GLOBAL, _P.REDUCE, _P.BUILD, _P.NEWOBJ, _P.BINPERSID,
 }
 _OPNAMES = {op.code.encode("latin-1")[0]: op.name for op in __import__("pickletools").opcodes}
 
@@ -167,7 +180,7 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
                           if bytes([k]) in _OPS})
 
     def __init__(self, data: bytes, read_storage: Any) -> None:
-        super().__init__(io.BytesIO(data))
+        super().__init__(io.BytesIO(data), encoding="utf-8")  # torch decodes SHORT_BINSTRING as UTF-8
         self._read_storage = read_storage
         # fresh stand-ins for every load: no object survives from one file to the next
         self._globals: dict[tuple[str, str], Any] = {
@@ -190,6 +203,11 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
                 and type(pid[4]) is int and pid[4] >= 0):
             raise CheckpointError(f"pickle: expected a ('storage', type, key, location, numel) reference, got {short(pid)}")
         return self._read_storage(pid[2], pid[1], pid[4])
+
+    def load_proto(self) -> None:  # torch accepts any protocol number (with a warning)
+        self.proto = self.read(1)[0]
+
+    dispatch[_P.PROTO[0]] = load_proto
 
     # the opcodes that call or mutate, narrowed to what a tensor dict needs
     def load_reduce(self) -> None:
@@ -270,6 +288,64 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
     dispatch[_P.APPENDS[0]] = load_appends
 
 
+def _check_zip_structure(data: bytes, zf: zipfile.ZipFile, path: str) -> None:
+    """What torch's zip reader (miniz) refuses and Python's zipfile tolerates: data before the archive,
+    multi-disk fields, entry counts that disagree, a stored member whose sizes differ, a local header that
+    is missing or points past the end of the file."""
+    bad = lambda what: CheckpointError(f"{path}: expected a well-formed zip archive as torch.load reads it, got {what}")  # noqa: E731
+    eocd = data.rfind(b"PK\x05\x06", max(0, len(data) - (1 << 16) - 22))
+    if eocd < 0 or len(data) - eocd < 22:
+        raise bad("no end-of-central-directory record")
+    disk, cd_disk, n_here, n_total, cd_size, cd_offset = struct.unpack_from("<HHHHII", data, eocd + 4)
+    if (disk, cd_disk) != (0, 0) and (disk, cd_disk) != (0xFFFF, 0xFFFF):
+        raise bad(f"multi-disk fields ({disk}, {cd_disk})")
+    if n_here != n_total:
+        raise bad(f"{n_here} entries on this disk of {n_total}")
+    loc = eocd - 20
+    if loc >= 0 and data[loc:loc + 4] == b"PK\x06\x07":
+        z_disk, z_offset, z_disks = struct.unpack_from("<IQI", data, loc + 4)
+        if z_disk != 0 or z_disks != 1 or data[z_offset:z_offset + 4] != b"PK\x06\x06":
+            raise bad("an inconsistent zip64 end-of-central-directory locator")
+        (size64, _, _, disk64, cd_disk64, n_here64, n_total64, cd_size, cd_offset) = struct.unpack_from(
+            "<QHHIIQQQQ", data, z_offset + 4)
+        if size64 < 44 or (disk64, cd_disk64) != (0, 0) or n_here64 != n_total64:
+            raise bad("multi-disk zip64 fields")
+        n_total = n_total64
+    if zf.start_dir != cd_offset or cd_offset + cd_size > len(data) or cd_size < 46 * n_total:
+        raise bad("a central directory that is not where the end record says (data before the archive?)")
+    if len(zf.infolist()) != n_total:
+        raise bad(f"{len(zf.infolist())} central entries, {n_total} declared")
+    at, end = cd_offset, cd_offset + cd_size  # the central entries must tile the central directory exactly
+    for _ in range(n_total):
+        if at + 46 > end or data[at:at + 4] != b"PK\x01\x02":
+            raise bad("a central directory entry out of place")
+        n, e, c = struct.unpack_from("<HHH", data, at + 28)
+        at += 46 + n + e + c
+    if at != end:
+        raise bad(f"central directory entries covering {at - cd_offset} of its {cd_size} bytes")
+    for info in zf.infolist():
+        if info.external_attr & 0x10 or info.filename.endswith("/"):  # miniz treats it as a directory
+            raise bad(f"member {info.filename[:100]!r} marked as a directory")
+        if info.volume != 0:
+            raise bad(f"member {info.filename[:100]!r} on disk {info.volume}")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise bad(f"member {info.filename[:100]!r} with sizes {info.compress_size} != {info.file_size}")
+        at = info.header_offset
+        if data[at:at + 4] != b"PK\x03\x04" or at + 30 > len(data):
+            raise bad(f"no local header for member {info.filename[:100]!r}")
+        name_len, extra_len = struct.unpack_from("<HH", data, at + 26)
+        raw_name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+        if data[at + 30 : at + 30 + name_len] != raw_name:
+            raise bad(f"a local header name that differs from the central one for {info.filename[:100]!r}")
+        if at + 30 + name_len + extra_len + info.compress_size > len(data):
+            raise bad(f"member {info.filename[:100]!r} reaching past the end of the file")
+        pos, extra = 0, data[at + 30 + name_len : at + 30 + name_len + extra_len]
+        while pos + 4 <= len(extra):  # the local extra fields must tile their area exactly
+            pos += 4 + struct.unpack_from("<H", extra, pos + 2)[0]
+        if pos != len(extra):
+            raise bad(f"a malformed local extra field for member {info.filename[:100]!r}")
+
+
 def _archive_root(infos: list[zipfile.ZipInfo], path: str) -> str:
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
@@ -279,10 +355,15 @@ def _archive_root(infos: list[zipfile.ZipInfo], path: str) -> str:
     roots = set()
     for info in infos:
         name = info.filename
+        if not info.flag_bits & 0x800:  # zipfile read the name as cp437; torch reads every name as UTF-8
+            try:
+                name.encode("cp437").decode("utf-8")
+            except UnicodeError:
+                raise CheckpointError(f"{path}: expected UTF-8 archive member names, got {name[:100]!r}") from None
         p = PurePosixPath(name)
         if p.is_absolute() or ".." in p.parts or "\\" in name or len(p.parts) < 2:
             raise CheckpointError(f"{path}: expected relative archive member names inside one folder, got {name[:100]!r}")
-        if info.flag_bits & 0x1:
+        if info.flag_bits & 0x2041:  # encrypted, strong encryption, masked local headers (torch refuses all)
             raise CheckpointError(f"{path}: expected unencrypted archive members, got {name[:100]!r} encrypted")
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{path}: expected stored (uncompressed) members as torch.save writes, got "
@@ -305,6 +386,7 @@ def parse_torch_checkpoint(data: bytes, *, path: str = "<bytes>", max_bytes: int
     """The tensors of the bytes of a torch zip checkpoint; every failure is a CheckpointError."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            _check_zip_structure(data, zf, path)
             return _read_archive(zf, path, max_bytes)
     except CheckpointError:
         raise
@@ -346,6 +428,16 @@ def _read_archive(zf: zipfile.ZipFile, path: str, max_bytes: int) -> dict[str, n
     text = member(version[len(root) + 1:], 32)
     if not re.fullmatch(rb"[0-9]{1,3}\n?", text) or not 1 <= int(text) <= 20:
         raise CheckpointError(f"{path}: expected a format version 1..20, got {text[:32]!r}")
+    if f"{root}/.storage_alignment" in infos:  # torch.load parses it with int()
+        try:
+            int(member(".storage_alignment", 32))
+        except ValueError:
+            raise CheckpointError(f"{path}: expected an integer .storage_alignment record, got another value") from None
+    if f"{root}/.data/serialization_id" in infos:  # torch.load decodes it as UTF-8
+        try:
+            member(".data/serialization_id", 1024).decode("utf-8")
+        except UnicodeDecodeError:
+            raise CheckpointError(f"{path}: expected a UTF-8 .data/serialization_id record, got other bytes") from None
     if f"{root}/byteorder" in infos:
         order = member("byteorder", 16)
         if order != b"little":
