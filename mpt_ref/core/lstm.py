@@ -48,7 +48,9 @@ def lstm_forward(
     c = np.zeros((B, T + 1, H), dtype=x.dtype)
     h = np.zeros((B, T + 1, H), dtype=x.dtype)
     for t in range(T):
-        z = zx[:, t] + h[:, t] @ w_hh.T  # B,4H
+        # one (1, H) @ (H, 4H) product per row (a stacked matmul): row b gets the same BLAS call whatever B
+        # is, so a batch is bitwise the rows run alone (one (B, H) GEMM would pick kernels by B)
+        z = zx[:, t] + (h[:, t, None, :] @ w_hh.T)[:, 0]  # B,4H
         i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), sigmoid(z[:, 3 * H :])  # B,H each
         g = tanh(z[:, 2 * H : 3 * H])  # B,H
         c[:, t + 1] = f * c[:, t] + i * g  # B,H
