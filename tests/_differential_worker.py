@@ -59,7 +59,7 @@ ALLOWED_REFUSALS = {
                                                      r"zip file version|Bad magic number for|no local header"),
     "UTF-8 everywhere (zip names)": r"UnicodeDecodeError",
     "zip structure checked more strictly than torch's reader": (r"well-formed zip archive|integer .storage_alignment|"
-                                                                 r"span multiple disks"),
+                                                                 r"span multiple disks|BadZipFile"),
 }
 
 
