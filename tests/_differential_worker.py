@@ -26,7 +26,6 @@ import os
 import random
 import re
 import signal
-import struct
 import sys
 import time
 import warnings
@@ -35,11 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from mpt_ref.errors import CheckpointError  # noqa: E402
-from mpt_ref.io.checkpoint import SAFETENSORS_DTYPES, parse_safetensors  # noqa: E402
-from mpt_ref.io.torch_pickle import parse_torch_checkpoint  # noqa: E402
+from mpt_ref.errors import CheckpointError
+from mpt_ref.io.checkpoint import SAFETENSORS_DTYPES, parse_safetensors
+from mpt_ref.io.torch_pickle import parse_torch_checkpoint
 
 # mpt-ref's documented refusals of files the reference accepts (spec/checkpoints.md), by message
 ALLOWED_REFUSALS = {
@@ -67,7 +66,7 @@ class Timeout(Exception):
     pass
 
 
-def _alarm(signum, frame):  # noqa: ARG001
+def _alarm(signum, frame):
     raise Timeout()
 
 
@@ -107,8 +106,8 @@ def reference_torch(data: bytes):
 def same(a: dict, b: dict) -> bool:
     if set(a) != set(b):
         return False
-    for k in a:
-        x, y = np.asarray(a[k]), np.asarray(b[k])
+    for k, v in a.items():
+        x, y = np.asarray(v), np.asarray(b[k])
         if x.dtype != y.dtype or x.shape != y.shape:
             return False
         if x.tobytes() != y.tobytes() and not np.array_equal(x, y, equal_nan=x.dtype.kind == "f"):

@@ -4,7 +4,6 @@ MptRefError subclass (API) or exit 2 with one line on stderr (CLI), never a trac
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import subprocess
 import sys
@@ -99,7 +98,7 @@ def test_bad_output_paths_exit_2_with_one_line(tmp_path, capsys, case):
 
 
 def test_read_only_output_directory_exits_2(tmp_path, capsys, monkeypatch):
-    import mpt_ref.io.atomic as atomic
+    from mpt_ref.io import atomic
 
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path))
@@ -110,7 +109,7 @@ def test_read_only_output_directory_exits_2(tmp_path, capsys, monkeypatch):
 
 
 def test_a_full_disk_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
-    import mpt_ref.io.atomic as atomic
+    from mpt_ref.io import atomic
 
     module = mpt_ref.PromptEmbedding(PT, seed=0)
     module.save_pretrained(tmp_path / "a")
@@ -129,7 +128,7 @@ def test_a_full_disk_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
 
 
 def test_nul_in_a_path_is_an_error_not_a_traceback(tmp_path, capsys):
-    rc, err = cli(capsys, "inspect", str(tmp_path) + "/a\0b")
+    rc, _ = cli(capsys, "inspect", str(tmp_path) + "/a\0b")
     assert rc == 2
 
 

@@ -31,7 +31,7 @@ def test_differential_fuzz_against_the_reference_parsers(seed, capsys):
     proc = subprocess.run(
         [sys.executable, str(HERE / "_differential_worker.py"), "--seed", str(seed), "--max-files", str(files),
          "--seconds", str(seconds), "--memory-gib", "4"],
-        capture_output=True, text=True, timeout=seconds + 60, cwd=HERE.parent)
+        capture_output=True, text=True, timeout=seconds + 60, cwd=HERE.parent, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     with capsys.disabled():

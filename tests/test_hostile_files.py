@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
@@ -44,6 +44,9 @@ def torch_zip(pkl: bytes, storages: dict[str, bytes] | None = None, root: str = 
 
 
 VALID_ZIP = torch_zip(pickle_of_tensor_dict())
+POISON_PKL = b"\x80\x02ctorch\nFloatStorage\n}X\x04\x00\x00\x00nameX\x0f\x00\x00\x00BFloat16Storagesb0}."
+DOUBLING_PKL = (b"\x80\x02(K\x01lq\x00" + b"".join(b"0(h%ch%clq%c" % (i - 1, i - 1, i) for i in range(1, 60))
+                + b"Q.")  # 59 levels, each a list holding the previous level twice: str() doubles per level
 
 
 def write(tmp: Path, data: bytes, name: str = "adapter_model.bin") -> Path:
@@ -98,11 +101,16 @@ def test_mutated_torch_zips_never_escape_checkpoint_error(tmp_path, data):
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
+@example(POISON_PKL)     # issue 13 #1: poisoned every later load
+@example(DOUBLING_PKL)   # issue 13 #2: hung the loader (9 GB)
+@example(b"\x80\x02}K\x01K\x02s.")  # a non-str key
 def test_random_pickles_in_a_valid_archive(tmp_path, pkl):
     try:
-        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl), "hostile.bin"))
     except mpt_ref.CheckpointError:
         pass
+    got = read_torch_checkpoint(write(tmp_path, VALID_ZIP))  # the canary: a legitimate load still reads right
+    np.testing.assert_array_equal(got["w"], np.array([[1, 2], [3, 4]], np.float32))
 
 
 PAYLOADS = {
@@ -173,9 +181,6 @@ def test_zip_bomb_is_refused_without_inflating_it(tmp_path):
 
 # -- issue 13: regression tests, each failed before the fix ----------------------------------------------
 
-POISON_PKL = b"\x80\x02ctorch\nFloatStorage\n}X\x04\x00\x00\x00nameX\x0f\x00\x00\x00BFloat16Storagesb0}."
-DOUBLING_PKL = (b"\x80\x02(K\x01lq\x00" + b"".join(b"0(h%ch%clq%c" % (i - 1, i - 1, i) for i in range(1, 60))
-                + b"Q.")  # 59 levels, each a list holding the previous level twice: str() doubles per level
 
 
 def test_a_hostile_pickle_cannot_poison_later_loads(tmp_path):
@@ -316,3 +321,58 @@ def test_safetensors_reads_exactly_the_file_size_under_a_memory_cap(tmp_path):
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "prompt_embeddings" in out.stdout
+
+
+def _central(blob: bytearray, name: bytes) -> int:
+    at = 0
+    while (at := blob.find(b"PK\x01\x02", at)) != -1:
+        n = struct.unpack_from("<H", blob, at + 28)[0]
+        if blob[at + 46 : at + 46 + n] == name:
+            return at
+        at += 4
+    raise AssertionError(name)
+
+
+def _zip_with_extra(extra: bytes) -> bytearray:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+        zf.writestr("archive/version", b"3\n")
+        info = zipfile.ZipInfo("archive/data/0")
+        info.extra = extra
+        zf.writestr(info, struct.pack("<4f", 1, 2, 3, 4))
+    return bytearray(buf.getvalue())
+
+
+def test_zip_structure_torch_reads_differently_is_refused(tmp_path):
+    """Issue 13, found by the differential fuzz: two zip corruptions that Python's zipfile tolerates while
+    torch's reader (miniz) reads other bytes as the storage: different tensors from one file."""
+    blob = bytearray(VALID_ZIP)
+    blob[_central(blob, b"archive/data/0") + 38] |= 0x10  # the DOS directory attribute
+    with pytest.raises(mpt_ref.CheckpointError, match="directory"):
+        read_torch_checkpoint(write(tmp_path, bytes(blob)))
+    good = _zip_with_extra(b"FB\x02\x00ZZ")
+    np.testing.assert_array_equal(read_torch_checkpoint(write(tmp_path, bytes(good)))["w"], [[1, 2], [3, 4]])
+    bad = bytearray(good)
+    local = bad.find(b"FB\x02\x00ZZ")  # the local header's copy comes first; the central one stays valid
+    bad[local + 2] = 0xE1
+    with pytest.raises(mpt_ref.CheckpointError, match="extra field"):
+        read_torch_checkpoint(write(tmp_path, bytes(bad)))
+
+
+@pytest.mark.parametrize("member, data, match", [
+    ("archive/.storage_alignment", b"ZZ", "storage_alignment"),
+    ("archive/.data/serialization_id", b"\xff\xfe", "serialization_id"),
+    ("archive/version", b"0\n", "format version"),
+], ids=["alignment", "serialization-id", "version-0"])
+def test_records_torch_parses_are_checked(tmp_path, member, data, match):
+    archive = torch_zip(pickle_of_tensor_dict(), extra={member: data}) if member != "archive/version" else None
+    if archive is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+            zf.writestr("archive/version", data)
+            zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+        archive = buf.getvalue()
+    with pytest.raises(mpt_ref.CheckpointError, match=match):
+        read_torch_checkpoint(write(tmp_path, archive))

@@ -53,7 +53,7 @@ print(json.dumps(results))
 @pytest.mark.parametrize("kind", ["pt", "mpt", "mlp-1", "lstm-1", "lstm-2", "lstm-3"])
 def test_empty_batches_never_abort_onnxruntime(kind):
     """Issue 13 #6: indices of shape (0, T) aborted the whole process (SIGABRT) for the faithful LSTM."""
-    proc = subprocess.run([sys.executable, "-c", RUN_EMPTY, kind], capture_output=True, text=True, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", RUN_EMPTY, kind], capture_output=True, text=True, cwd=ROOT, check=False,
                           timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
     for variant, dtype, b, t, fixed_t, shape, error in json.loads(proc.stdout.strip().splitlines()[-1]):

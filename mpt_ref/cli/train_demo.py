@@ -11,7 +11,6 @@ from pathlib import Path
 from mpt_ref.errors import OutputExistsError
 from mpt_ref.train.experiment import QUICK, Settings, format_table, run
 
-
 SOURCE_NAME = "mpt_source.safetensors"  # what train.experiment.run writes into --out
 
 

@@ -25,9 +25,9 @@ import io
 import os
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path, PurePosixPath
-import struct
 from struct import error as struct_error
 from typing import Any
 
@@ -292,7 +292,7 @@ def _check_zip_structure(data: bytes, zf: zipfile.ZipFile, path: str) -> None:
     """What torch's zip reader (miniz) refuses and Python's zipfile tolerates: data before the archive,
     multi-disk fields, entry counts that disagree, a stored member whose sizes differ, a local header that
     is missing or points past the end of the file."""
-    bad = lambda what: CheckpointError(f"{path}: expected a well-formed zip archive as torch.load reads it, got {what}")  # noqa: E731
+    bad = lambda what: CheckpointError(f"{path}: expected a well-formed zip archive as torch.load reads it, got {what}")
     eocd = data.rfind(b"PK\x05\x06", max(0, len(data) - (1 << 16) - 22))
     if eocd < 0 or len(data) - eocd < 22:
         raise bad("no end-of-central-directory record")
