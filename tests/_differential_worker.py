@@ -349,7 +349,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=float, default=90.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-files", type=int, default=4000)
+    p.add_argument("--max-files", type=int, default=51000)
     p.add_argument("--memory-gib", type=float, default=0, help="RLIMIT_AS cap for this process (0: none)")
     args = p.parse_args()
     if args.memory_gib:
