@@ -259,3 +259,19 @@ def test_hostile_config_sizes_fail_before_allocating(tmp_path):
     (tmp_path / "adapter_config.json").write_bytes(b" " * (2 << 20))
     with pytest.raises(mpt_ref.ConfigError, match="at most"):
         mpt_ref.load_peft_adapter(tmp_path)
+
+
+def test_save_through_a_symlinked_directory_keeps_the_link_and_the_mode(tmp_path):
+    import os
+    import stat
+
+    real = tmp_path / "real"
+    real.mkdir()
+    os.chmod(real, 0o700)
+    (tmp_path / "link").symlink_to(real)
+    _two_adapters()[0].save_pretrained(tmp_path / "link")
+    _two_adapters()[1].save_pretrained(tmp_path / "link", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and (real / WEIGHTS_NAME).is_file()
+    assert stat.S_IMODE(real.stat().st_mode) == 0o700
+    assert mpt_ref.load_peft_adapter(tmp_path / "link").state_dict()["embedding.weight"].shape == (5, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

@@ -175,3 +175,14 @@ def test_huge_batch_sizes_are_refused_before_allocating():
 def test_nul_and_bad_paths_in_the_api_are_mpt_ref_or_os_errors(tmp_path):
     with pytest.raises((mpt_ref.MptRefError, ValueError)):
         mpt_ref.load_peft_adapter(str(tmp_path) + "/a\0b")
+
+
+def test_vectors_force_on_a_directory_with_a_fifo_index_does_not_hang(tmp_path):
+    import os
+
+    out = tmp_path / "v"
+    out.mkdir()
+    os.mkfifo(out / "index.json")
+    with pytest.raises(mpt_ref.OutputExistsError, match="vectors folder written by mpt-ref"):
+        vec.write_vectors(out, CASES[:1], force=True)
+    assert (out / "index.json").exists()

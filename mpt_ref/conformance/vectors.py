@@ -37,6 +37,7 @@ from mpt_ref.conformance.cases import CASES, CaseSpec, run_reference, source_ten
 from mpt_ref.conformance.errors import ERROR_CASES
 from mpt_ref.errors import CheckpointError, OutputExistsError
 from mpt_ref.io.atomic import atomic_write_directory
+from mpt_ref.io.limits import read_regular_file
 from mpt_ref.tolerances import VECTORS, Tol
 
 FORMAT = "mpt-ref-vectors/1"
@@ -155,9 +156,10 @@ def check_vectors_folder(out_dir: Path) -> None:
         return
     refuse = f"{out_dir}: expected a vectors folder written by mpt-ref (index.json with format {FORMAT}), got "
     try:
-        index = json.loads((out_dir / "index.json").read_text(encoding="utf-8"))
+        raw = read_regular_file(out_dir / "index.json", 64 << 20, OutputExistsError, "index.json")  # no FIFO hang
+        index = json.loads(raw.decode("utf-8"))
         ok = isinstance(index, dict) and index.get("format") == FORMAT and isinstance(index.get("cases"), dict)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # OutputExistsError is an OSError: not a vectors folder
         ok = False
     if not ok:
         raise OutputExistsError(refuse + f"a directory holding {entries[:5]}{' ...' if len(entries) > 5 else ''} "

@@ -135,7 +135,7 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
     existing entries for which ``keep(entry)`` is true and that ``files`` does not replace are carried over
     (hard links, so nothing is copied and nothing can be lost); every other entry goes with the old set.
     """
-    directory = Path(os.path.abspath(directory))
+    directory = Path(os.path.realpath(directory))  # a symlinked target: write where it points, keep the link
     if directory.exists() and not directory.is_dir():
         raise OutputExistsError(f"{directory}: expected a directory, got an existing file")
     exists = directory.is_dir()
@@ -146,7 +146,7 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
     stage = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=TMP_SUFFIX, dir=directory.parent))
     swapped = False
     try:
-        os.chmod(stage, 0o777 & ~umask)
+        os.chmod(stage, stat.S_IMODE(directory.stat().st_mode) if exists else 0o777 & ~umask)  # keep a mode
         for rel, data in files.items():
             target = stage / rel
             if target.parent != stage:
