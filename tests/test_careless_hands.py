@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import mpt_ref
+import mpt_ref.io.checkpoint
 from mpt_ref.cli import main
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.cases import CASES
@@ -186,3 +187,18 @@ def test_vectors_force_on_a_directory_with_a_fifo_index_does_not_hang(tmp_path):
     with pytest.raises(mpt_ref.OutputExistsError, match="vectors folder written by mpt-ref"):
         vec.write_vectors(out, CASES[:1], force=True)
     assert (out / "index.json").exists()
+
+
+def test_api_paths_and_values_raise_mpt_ref_errors(tmp_path):
+    module = mpt_ref.PromptEmbedding(PT, seed=0)
+    with pytest.raises(mpt_ref.InputError, match="NUL"):
+        module.save_pretrained(str(tmp_path) + "/a\0b")
+    with pytest.raises(mpt_ref.InputError, match="NUL"):
+        mpt_ref.io.checkpoint.write_safetensors(str(tmp_path) + "/a\0b.safetensors", {"a": np.ones(1, np.float32)})
+    with pytest.raises(mpt_ref.CheckpointError, match="NUL"):
+        mpt_ref.io.checkpoint.read_tensors(str(tmp_path) + "/a\0b.safetensors")
+    with pytest.raises(mpt_ref.OutputExistsError, match="directory"):
+        mpt_ref.io.checkpoint.write_safetensors(tmp_path, {"a": np.ones(1, np.float32)}, overwrite=True)
+    with pytest.raises(mpt_ref.CheckpointError, match="cannot convert"):
+        module.load_state_dict({"embedding.weight": [[0.0, 1.0], [2.0]]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -43,6 +43,8 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int, error: Callable[[
     symlink to /dev/zero, directory) is refused before a byte is read, and so is a size over the cap.
     ``error(message)`` builds the exception raised (CheckpointError or ConfigError)."""
     path = Path(path)
+    if "\0" in str(path):
+        raise error(f"{str(path)[:200]!r}: expected a path without NUL characters, got one")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:

@@ -54,7 +54,11 @@ class Module:
             )
         staged = {}
         for key in self._params.keys() & state_dict.keys():
-            value = np.asarray(state_dict[key])
+            try:
+                value = np.asarray(state_dict[key])
+            except (ValueError, TypeError) as exc:  # ragged nested lists
+                raise CheckpointError(f"state_dict[{key!r}]: expected an array, got {type(state_dict[key]).__name__} "
+                                      f"NumPy cannot convert ({str(exc)[:100]})") from None
             if not np.issubdtype(value.dtype, np.floating):
                 raise CheckpointError(f"state_dict[{key!r}]: expected a float array, got dtype {value.dtype}")
             if value.shape != self._params[key].shape:
