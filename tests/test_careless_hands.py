@@ -79,6 +79,8 @@ def test_a_kill_during_vectors_force_never_leaves_a_partial_folder(tmp_path):
             vec.read_case(out, name)
             for fname in index["cases"][name]["files"]:
                 assert (out / name / fname).is_file()
+    vec.write_vectors(out, CASES[:3], force=True)  # sweeps the staging directories of the killed runs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]
 
 
 def test_train_demo_out_does_not_overwrite_silently(tmp_path, capsys):

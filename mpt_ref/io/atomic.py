@@ -1,5 +1,6 @@
 """Atomic writes of one file or of a whole directory. No partial files, no mixed sets, no stray temporaries
-after a normal return or an exception; after a SIGKILL at most a hidden ``.<name>.*.mpt-ref-tmp`` sibling.
+after a normal return or an exception; after a SIGKILL at most a hidden ``.<name>.<pid>.*.mpt-ref-tmp``
+sibling, which the next write of the same name removes (its pid no longer runs).
 
 * One file: a temp file beside the target, fsync, rename over the target, fsync the directory.
 * A directory (an adapter, a vectors folder): every file is written into a hidden staging directory beside
@@ -39,6 +40,39 @@ def _umask() -> int:
     mask = os.umask(0o022)  # no way to read it without setting it elsewhere
     os.umask(mask)
     return mask
+
+
+def _prefix(name: str) -> str:
+    """Temporaries of ``name`` are ``.<name>.<pid>.<random>.mpt-ref-tmp``: the pid tells a later write
+    whether the writer is still alive."""
+    return f".{name}.{os.getpid()}."
+
+
+def _sweep(parent: Path, name: str) -> None:
+    """Remove temporaries a killed writer left for ``name`` (its pid no longer runs)."""
+    head = f".{name}."
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return
+    for entry in entries:
+        if not (entry.startswith(head) and entry.endswith(TMP_SUFFIX)):
+            continue
+        pid = entry[len(head):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running: its save is in progress
+        except ProcessLookupError:
+            pass
+        except OSError:  # pragma: no cover - another user's process: leave it
+            continue
+        path = parent / entry
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -97,7 +131,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
         raise OutputExistsError(f"{path}: expected a new file, got an existing one (pass overwrite=True / --force)")
     _check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    _sweep(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path.name), suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -147,7 +182,8 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
         check_existing(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     umask = _umask()
-    stage = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=TMP_SUFFIX, dir=directory.parent))
+    _sweep(directory.parent, directory.name)
+    stage = Path(tempfile.mkdtemp(prefix=_prefix(directory.name), suffix=TMP_SUFFIX, dir=directory.parent))
     swapped = False
     try:
         os.chmod(stage, stat.S_IMODE(directory.stat().st_mode) if exists else 0o777 & ~umask)  # keep a mode
@@ -164,7 +200,7 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
             if _exchange(stage, directory):
                 swapped = True
             else:  # pragma: no cover - filesystems without RENAME_EXCHANGE: two renames, a short window
-                old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", suffix=TMP_SUFFIX, dir=directory.parent))
+                old = Path(tempfile.mkdtemp(prefix=_prefix(directory.name), suffix=TMP_SUFFIX, dir=directory.parent))
                 os.rmdir(old)
                 os.rename(directory, old)
                 os.rename(stage, directory)
