@@ -64,7 +64,7 @@ def parse_safetensors(data: bytes, *, path: str = "<bytes>") -> tuple[dict[str, 
             raise _fail(path, f"tensor {key[:100]!r} of unsupported dtype {dtype!r} (supported {sorted(SAFETENSORS_DTYPES)})")
         np_dtype = SAFETENSORS_DTYPES[dtype]
         arr = np.frombuffer(info["data"], dtype=np_dtype).reshape(info["shape"])
-        out[key] = bf16_to_float32(arr) if dtype == "BF16" else arr.astype(np_dtype.newbyteorder("="))
+        out[key] = bf16_to_float32(arr) if dtype == "BF16" else arr.astype(np_dtype.newbyteorder("="), copy=False)  # the library's own writable copy
     return out, dict(metadata)
 
 
