@@ -32,25 +32,48 @@ def float_dtype(name: str, dtype: Any) -> np.dtype:
     return dt
 
 
-def positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
-    """A config integer >= ``minimum``; bools and integral floats are refused."""
+# upper bounds for sizes that allocate their product: a batch of 10**12 prompts is a typo, not a request
+MAX_SIZES = {"batch_size": 1 << 24}
+
+
+def positive_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """A config integer >= ``minimum`` (and <= ``maximum``, or MAX_SIZES[name]); bools and integral floats
+    are refused."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {_describe(value)}")
     if value < minimum:
         raise ConfigError(f"{name}: expected an integer >= {minimum}, got {value}")
+    maximum = MAX_SIZES.get(name) if maximum is None else maximum
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}: expected an integer <= {maximum}, got {value}")
+    return int(value)
+
+
+def seed(value: Any) -> int | None:
+    """A seed for ``numpy.random.default_rng``: None or an integer >= 0 (bools refused)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ConfigError(f"seed: expected None or an integer >= 0, got {_describe(value)}")
     return int(value)
 
 
 def int_array(name: str, x: Any, *, ndim: int) -> np.ndarray:
-    """Integer ids as int64 with ``ndim`` dimensions. Bool and float arrays are refused, as in torch."""
+    """Integer ids with ``ndim`` dimensions, in their own integer dtype (``in_range`` checks the values
+    before the cast to int64, so uint64 2**64-1 is reported as itself, not as -1). Bool, float,
+    timedelta/datetime and ragged inputs are refused, as in torch."""
     if x is None:
         raise InputError(f"{name}: expected an integer array, got None")
-    arr = np.asarray(x)
-    if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InputError(f"{name}: expected a rectangular integer array, got {type(x).__name__} that NumPy "
+                         f"cannot convert ({str(exc)[:120]})") from None
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise InputTypeError(f"{name}: expected an integer dtype, got {_describe(arr)}")
     if arr.ndim != ndim:
         raise InputError(f"{name}: expected {ndim}-D, got {_describe(arr)}")
-    return arr.astype(np.int64, copy=False)
+    return arr
 
 
 def in_range(name: str, ids: np.ndarray, upper: int, what: str) -> np.ndarray:
@@ -73,7 +96,7 @@ def indices(x: Any, num_rows: int, *, tokens: int | None = None) -> np.ndarray:
         raise InputError(
             f"indices: expected shape (B, T) with T={tokens} (total virtual tokens), got shape {ids.shape}"
         )
-    return in_range("indices", ids, num_rows, "total virtual tokens")
+    return in_range("indices", ids, num_rows, "total virtual tokens").astype(np.int64, copy=False)
 
 
 def task_ids(x: Any, batch: int, num_tasks: int | None) -> np.ndarray:
@@ -84,7 +107,7 @@ def task_ids(x: Any, batch: int, num_tasks: int | None) -> np.ndarray:
     ids = int_array("task_ids", x, ndim=1)
     if ids.shape[0] not in (batch, 1):
         raise InputError(f"task_ids: expected length B={batch} or 1, got length {ids.shape[0]}")
-    return ids if num_tasks is None else in_range("task_ids", ids, num_tasks, "num_tasks")
+    return (ids if num_tasks is None else in_range("task_ids", ids, num_tasks, "num_tasks")).astype(np.int64, copy=False)
 
 
 def float_array(name: str, x: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:

@@ -82,6 +82,19 @@ def lstm_stack(g: GraphBuilder, spec: ModuleSpec, x: str) -> str:
     return x  # T',B,2H
 
 
+def pad_empty_axes(g: GraphBuilder, x: str, indices: str) -> tuple[str, str]:
+    """x (B, T', D) with one zero row appended on each axis of length 0 (B = 0 or T' = 0), and the shape
+    [B, T'] to slice the result back to. onnxruntime's CPU LSTM aborts the process (SIGABRT) on an empty
+    batch and refuses an empty sequence; non-empty inputs get zero padding, so their results are unchanged
+    bit for bit (spec/onnx.md, empty inputs)."""
+    shape = g.node("Shape", [indices], "indices_shape")  # [B, T']
+    empty = g.node("Cast", [g.node("Equal", [shape, g.int_const("zeros_2", [0, 0])], "axis_is_empty")],
+                   "axis_is_empty_i64", to=7)  # INT64 [B==0, T'==0]
+    pads = g.node("Concat", [g.int_const("pads_begin", [0, 0, 0]), empty, g.int_const("pad_d", [0])],
+                  "empty_axis_pads", axis=0)  # [0, 0, 0, B==0, T'==0, 0]
+    return g.node("Pad", [x, pads], "empty_axes_padded", mode="constant"), shape
+
+
 def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
     """The faithful graph of ``spec``; returns the name of the (B, T', D) output."""
     T, D = spec.T, spec.D
@@ -91,8 +104,11 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
         return nan_where_invalid(g, mlp_head(g, spec, x, num_linear=3), valid, whole_row=False)
     if spec.kind == Kind.LSTM_ENCODER:
         x, valid = safe_lookup(g, E, T, indices, "indices")  # B,T',D
+        x, shape = pad_empty_axes(g, x, indices)  # B+[B==0], T'+[T'==0], D
         y = mlp_head(g, spec, lstm_stack(g, spec, x), num_linear=2)  # T',B,D
         y = g.node("Transpose", [y], "batch_first", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # B,T',D
+        y = g.node("Slice", [y, g.int_const("slice_starts", [0, 0]), shape, g.int_const("slice_axes", [0, 1])],
+                   "unpadded")  # B,T',D
         return nan_where_invalid(g, y, valid, whole_row=True)
     x = lookup(g, E, T, (D,), indices, "indices")  # B,T',D
     if spec.kind == Kind.PROMPT_EMBEDDING:

@@ -12,7 +12,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mpt_ref.errors import InputError
 from onnx_export.opset import IR_VERSION, OPSET
+
+NAN_SENTINELS = {"nan"}  # _faithful.nan_where_invalid's scalar; the guards' rows end in ".nan_row"
 
 
 class GraphBuilder:
@@ -37,7 +40,18 @@ class GraphBuilder:
         if name in self._names:
             raise ValueError(f"initializer name {name!r} used twice")
         self._names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.asarray(array).astype(self.dtype), name))
+        source = np.asarray(array)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = source.astype(self.dtype)
+        if not (name in NAN_SENTINELS or name.endswith(".nan_row")):  # the NaN rows of _guards.py are meant
+            if not np.isfinite(source).all():
+                raise InputError(f"module: expected finite parameters to export, got NaN or inf in {name!r}")
+            if not np.isfinite(cast).all():
+                big = float(np.max(np.abs(source)))
+                raise InputError(f"dtype: expected every value of {name!r} representable in {self.dtype} "
+                                 f"(|x| <= {float(np.finfo(self.dtype).max)}), got |x| up to {big:.6g}; "
+                                 "export float32 instead")
+        self.initializers.append(numpy_helper.from_array(cast, name))
         return name
 
     def int_const(self, hint: str, values: Any) -> str:

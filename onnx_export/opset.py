@@ -8,8 +8,8 @@ so the files load in 1.31 and 1.32 alike (tests/test_onnx_export.py checks the s
 
 Operator versions this pins (every op the graphs use; tests/test_onnx_export.py checks the list):
 Add-14, And-7, Cast-21, Concat-13, Equal-19, Expand-13, Gather-13, GreaterOrEqual-16, Identity-21,
-LSTM-14, Less-13, MatMul-13, Mul-14, ReduceMin-20, Relu-14, Reshape-21, Shape-21, Transpose-21,
-Unsqueeze-21, Where-16.
+LSTM-14, Less-13, MatMul-13, Mul-14, Pad-21, ReduceMin-20, Relu-14, Reshape-21, Shape-21, Slice-13,
+Transpose-21, Unsqueeze-21, Where-16.
 """
 
 from __future__ import annotations

@@ -213,3 +213,140 @@ def test_save_refuses_task_types_whose_peft_adapter_needs_a_base_model_head(tmp_
     with pytest.raises(mpt_ref.ConfigError, match=f"got {task_type}.*modules_to_save"):
         mpt_ref.PromptEmbedding(cfg, seed=0).save_pretrained(tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+# -- issue 13: whole-adapter atomic saves, modes, non-finite values, config sizes ------------------------
+
+def _two_adapters():
+    small = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=4), seed=1)
+    large = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, token_dim=4), seed=2)
+    return small, large
+
+
+KILL_SCRIPT = """
+import sys, mpt_ref
+small = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=4), seed=1)
+large = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, token_dim=4), seed=2)
+print("ready", flush=True)
+i = 0
+while True:
+    (small if i % 2 else large).save_pretrained(sys.argv[1], overwrite=True)
+    i += 1
+"""
+
+
+def test_save_pretrained_is_atomic_per_adapter_under_sigkill(tmp_path):
+    """Issue 13: 41 of 100 kills left one save's config beside another save's weights (loading silently),
+    and 71 stray .tmp files. Now a kill leaves the old or the new adapter, whole."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    small, large = _two_adapters()
+    target = tmp_path / "adapter"
+    small.save_pretrained(target)
+    (target / "notes.txt").write_text("mine")  # a user's file beside the adapter: kept
+    rng = random.Random(0)
+    want = {3: small.state_dict()["embedding.weight"], 5: large.state_dict()["embedding.weight"]}
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(target)], stdout=subprocess.PIPE,
+                                cwd=Path(__file__).resolve().parents[1])
+        assert proc.stdout.readline().strip() == b"ready"
+        time.sleep(rng.uniform(0.0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = mpt_ref.load_peft_adapter(target)  # never mixed: a mixture fails the shape check
+        table = loaded.state_dict()["embedding.weight"]
+        np.testing.assert_array_equal(table, want[table.shape[0]])
+        assert (target / "notes.txt").read_text() == "mine"
+        assert sorted(p.name for p in target.iterdir()) == ["README.md", "adapter_config.json", WEIGHTS_NAME, "notes.txt"]
+    for stray in tmp_path.glob(".*.mpt-ref-tmp"):  # at most the staging directory of the killed save
+        assert stray.is_dir()
+    small.save_pretrained(target, overwrite=True)  # a normal save also sweeps what the killed saves left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    """Issue 13: files came out 0600 (mkstemp's mode) instead of following the umask."""
+    import os
+    import stat
+
+    old = os.umask(0o027)
+    try:
+        _two_adapters()[0].save_pretrained(tmp_path / "a")
+        write_safetensors(tmp_path / "w.safetensors", {"a": np.ones(1, np.float32)})
+    finally:
+        os.umask(old)
+    for p in [tmp_path / "a" / "adapter_config.json", tmp_path / "a" / WEIGHTS_NAME, tmp_path / "w.safetensors"]:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o640, p
+    assert stat.S_IMODE((tmp_path / "a").stat().st_mode) == 0o750
+
+
+def test_overwrite_drops_every_old_adapter_file(tmp_path):
+    enc = encoder("MLP")
+    enc.save_pretrained(tmp_path)
+    assert (tmp_path / ENCODER_NAME).exists()
+    _two_adapters()[0].save_pretrained(tmp_path, overwrite=True)
+    assert not (tmp_path / ENCODER_NAME).exists()  # no stale encoder beside a prompt-tuning adapter
+
+
+@pytest.mark.parametrize("value", [1e300, 3.5e38, np.inf, np.nan])
+def test_values_beyond_float32_are_refused_on_load(tmp_path, value):
+    """Issue 13: a float64 adapter holding 1e300 or 3.5e38 loaded as inf into a float32 module."""
+    small = _two_adapters()[0]
+    small.save_pretrained(tmp_path)
+    table = np.zeros((3, 4), np.float64)
+    table[1, 2] = value
+    write_safetensors(tmp_path / WEIGHTS_NAME, {"prompt_embeddings": table}, overwrite=True)
+    with pytest.raises(mpt_ref.CheckpointError, match="finite"):
+        mpt_ref.load_peft_adapter(tmp_path)
+    before = small.state_dict()
+    with pytest.raises(mpt_ref.CheckpointError, match="finite"):
+        small.load_state_dict({"embedding.weight": table})
+    np.testing.assert_array_equal(small.state_dict()["embedding.weight"], before["embedding.weight"])
+    if np.isfinite(value):  # float64 modules hold it fine
+        m = mpt_ref.PromptEmbedding(small.config, dtype=np.float64)
+        m.load_state_dict({"embedding.weight": table})
+
+
+def test_hostile_config_sizes_fail_before_allocating(tmp_path):
+    """Issue 13: 12000 x 12000 cost 1.6 GiB and 5.3 s before CheckpointError; 10**9 a bare MemoryError."""
+    import tracemalloc
+
+    _two_adapters()[0].save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "num_virtual_tokens": 12000, "token_dim": 12000}))
+    tracemalloc.start()
+    try:
+        with pytest.raises(mpt_ref.CheckpointError, match="expected shape"):
+            mpt_ref.load_peft_adapter(tmp_path)
+        assert tracemalloc.get_traced_memory()[1] < 16 << 20
+    finally:
+        tracemalloc.stop()
+    (tmp_path / "adapter_config.json").write_text(json.dumps({**cfg, "num_virtual_tokens": 10**9, "token_dim": 10**9}))
+    with pytest.raises(mpt_ref.ConfigError, match="at most"):
+        mpt_ref.load_peft_adapter(tmp_path)
+    with pytest.raises(mpt_ref.ConfigError, match="at most"):
+        mpt_ref.MultitaskPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=10**5, token_dim=10, num_tasks=10**5, num_ranks=10**3)
+    (tmp_path / "adapter_config.json").write_bytes(b" " * (2 << 20))
+    with pytest.raises(mpt_ref.ConfigError, match="at most"):
+        mpt_ref.load_peft_adapter(tmp_path)
+
+
+def test_save_through_a_symlinked_directory_keeps_the_link_and_the_mode(tmp_path):
+    import os
+    import stat
+
+    real = tmp_path / "real"
+    real.mkdir()
+    os.chmod(real, 0o700)
+    (tmp_path / "link").symlink_to(real)
+    _two_adapters()[0].save_pretrained(tmp_path / "link")
+    _two_adapters()[1].save_pretrained(tmp_path / "link", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and (real / WEIGHTS_NAME).is_file()
+    assert stat.S_IMODE(real.stat().st_mode) == 0o700
+    assert mpt_ref.load_peft_adapter(tmp_path / "link").state_dict()["embedding.weight"].shape == (5, 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]

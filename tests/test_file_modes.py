@@ -17,7 +17,6 @@ from mpt_ref.conformance.cases import CASES
 
 # issue 13 makes mpt_ref/io/atomic.py follow the umask; until that is merged these fail (strict: an
 # XPASS fails too, so remove this marker when it lands)
-NEEDS_ISSUE_13 = pytest.mark.xfail(strict=True, reason="needs issue 13's umask-following atomic writes (mpt_ref/io/atomic.py)")
 
 
 @pytest.fixture
@@ -38,7 +37,6 @@ def _assert_modes(root, umask):
         assert _mode(p) == want, f"{p}: mode {oct(_mode(p))}, expected {oct(want)} (umask {oct(umask)})"
 
 
-@NEEDS_ISSUE_13
 def test_exported_onnx_follows_the_umask(tmp_path, umask_022):
     module = mpt_ref.MultitaskPromptEmbedding(mpt_ref.MultitaskPromptTuningConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=2, token_dim=3, num_tasks=2, num_ranks=1), seed=0)
@@ -48,14 +46,12 @@ def test_exported_onnx_follows_the_umask(tmp_path, umask_022):
     _assert_modes(tmp_path / "m.onnx", umask_022)
 
 
-@NEEDS_ISSUE_13
 def test_adapter_directory_follows_the_umask(tmp_path, umask_022):
     cfg = mpt_ref.PromptEncoderConfig(task_type="CAUSAL_LM", num_virtual_tokens=2, token_dim=3, encoder_hidden_size=2)
     mpt_ref.PromptEncoder(cfg, seed=0).save_pretrained(tmp_path / "adapter")
     _assert_modes(tmp_path / "adapter", umask_022)
 
 
-@NEEDS_ISSUE_13
 def test_vectors_and_cli_outputs_follow_the_umask(tmp_path, umask_022):
     vec.write_vectors(tmp_path / "vectors", CASES[:2])
     _assert_modes(tmp_path / "vectors", umask_022)

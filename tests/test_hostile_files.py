@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save
 
@@ -35,6 +35,7 @@ def torch_zip(pkl: bytes, storages: dict[str, bytes] | None = None, root: str = 
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr(f"{root}/data.pkl", pkl)
         zf.writestr(f"{root}/byteorder", b"little")
+        zf.writestr(f"{root}/version", b"3\n")
         for key, data in (storages if storages is not None else {"0": struct.pack("<4f", 1, 2, 3, 4)}).items():
             zf.writestr(f"{root}/data/{key}", data)
         for name, data in (extra or {}).items():
@@ -43,6 +44,9 @@ def torch_zip(pkl: bytes, storages: dict[str, bytes] | None = None, root: str = 
 
 
 VALID_ZIP = torch_zip(pickle_of_tensor_dict())
+POISON_PKL = b"\x80\x02ctorch\nFloatStorage\n}X\x04\x00\x00\x00nameX\x0f\x00\x00\x00BFloat16Storagesb0}."
+DOUBLING_PKL = (b"\x80\x02(K\x01lq\x00" + b"".join(b"0(h%ch%clq%c" % (i - 1, i - 1, i) for i in range(1, 60))
+                + b"Q.")  # 59 levels, each a list holding the previous level twice: str() doubles per level
 
 
 def write(tmp: Path, data: bytes, name: str = "adapter_model.bin") -> Path:
@@ -97,11 +101,16 @@ def test_mutated_torch_zips_never_escape_checkpoint_error(tmp_path, data):
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
+@example(POISON_PKL)     # issue 13 #1: poisoned every later load
+@example(DOUBLING_PKL)   # issue 13 #2: hung the loader (9 GB)
+@example(b"\x80\x02}K\x01K\x02s.")  # a non-str key
 def test_random_pickles_in_a_valid_archive(tmp_path, pkl):
     try:
-        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl), "hostile.bin"))
     except mpt_ref.CheckpointError:
         pass
+    got = read_torch_checkpoint(write(tmp_path, VALID_ZIP))  # the canary: a legitimate load still reads right
+    np.testing.assert_array_equal(got["w"], np.array([[1, 2], [3, 4]], np.float32))
 
 
 PAYLOADS = {
@@ -165,6 +174,205 @@ def test_zip_bomb_is_refused_without_inflating_it(tmp_path):
         zf.writestr("archive/data/0", b"\0" * (64 << 20))  # 64 MiB of zeros, ~64 KiB compressed
     path = write(tmp_path, buf.getvalue())
     assert path.stat().st_size < 1 << 20
-    with pytest.raises(mpt_ref.CheckpointError, match="uncompressed bytes"):
+    with pytest.raises(mpt_ref.CheckpointError, match="uncompressed"):
         read_torch_checkpoint(path, max_bytes=8 << 20)
 
+
+
+# -- issue 13: regression tests, each failed before the fix ----------------------------------------------
+
+
+
+def test_a_hostile_pickle_cannot_poison_later_loads(tmp_path):
+    """Issue 13 #1: BUILD on the shared FloatStorage stand-in renamed it BFloat16Storage for every later load."""
+    with pytest.raises(mpt_ref.CheckpointError, match="BUILD"):
+        read_torch_checkpoint(write(tmp_path, torch_zip(POISON_PKL), "evil.bin"))
+    got = read_torch_checkpoint(write(tmp_path, VALID_ZIP))
+    np.testing.assert_array_equal(got["w"], np.array([[1, 2], [3, 4]], np.float32))
+
+
+@pytest.mark.parametrize("where", ["persistent id", "offset", "size", "dict key"])
+def test_exponential_structures_fail_fast_with_bounded_messages(tmp_path, where):
+    """Issue 13 #2: a 659-byte pickle hung the loader (9 GB) because an error message called str() on it."""
+    nested = DOUBLING_PKL[2:-2]  # leaves the 59-level structure on the stack
+    if where == "persistent id":
+        pkl = b"\x80\x02" + nested + b"Q."
+    else:
+        good = pickle_of_tensor_dict()
+        if where == "offset":
+            pkl = good.replace(b"tQK\x00", b"tQ" + nested, 1)
+        elif where == "size":
+            pkl = good.replace(b"K\x02K\x02\x86", nested + b"K\x02\x86", 1)
+        else:
+            pkl = b"\x80\x02}" + nested + b"K\x00s."
+    with pytest.raises(mpt_ref.CheckpointError) as info:
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+    assert len(str(info.value)) < 1000
+
+
+def test_tensors_with_more_elements_than_their_storage_are_refused(tmp_path):
+    """Issue 13: a 2.6 KB file with stride 0 made the loader allocate 8192 x 8192 floats."""
+    pkl = pickle_of_tensor_dict().replace(b"K\x02K\x02\x86K\x02K\x01\x86", b"M\x00 M\x00 \x86K\x00K\x00\x86")
+    with pytest.raises(mpt_ref.CheckpointError, match="at most the 4 elements"):
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+    good = pickle_of_tensor_dict()
+    body = good[len(b"\x80\x02}q\x00"):-2]  # 'w': tensor
+    shared = good[:-1] + body.replace(b"X\x01\x00\x00\x00w", b"X\x01\x00\x00\x00v") + b"s."  # 'v' shares its storage
+    with pytest.raises(mpt_ref.CheckpointError, match="shared storages"):
+        read_torch_checkpoint(write(tmp_path, torch_zip(shared)))
+
+
+def test_duplicate_member_names_are_refused(tmp_path):
+    """Issue 13 #5: mpt-ref read the last data.pkl, torch the first: different tensors from one file."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+        zf.writestr("archive/version", b"3\n")
+        zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+        with pytest.warns(UserWarning, match="Duplicate"):
+            zf.writestr("archive/data/0", struct.pack("<4f", 5, 6, 7, 8))
+    with pytest.raises(mpt_ref.CheckpointError, match="unique archive member names"):
+        read_torch_checkpoint(write(tmp_path, buf.getvalue()))
+
+
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
+def test_compressed_members_are_refused_before_decompression(tmp_path, method):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=method) as zf:
+        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+        zf.writestr("archive/version", b"3\n")
+        zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+    blob = bytearray(buf.getvalue())
+    with pytest.raises(mpt_ref.CheckpointError, match="stored"):
+        read_torch_checkpoint(write(tmp_path, bytes(blob)))
+
+
+def test_encrypted_members_are_refused(tmp_path):
+    blob = bytearray(VALID_ZIP)
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # set the encryption flag bit in every header
+        at = 0
+        while (at := blob.find(sig, at)) != -1:
+            blob[at + (6 if sig == b"PK\x03\x04" else 8)] |= 1
+            at += 4
+    with pytest.raises(mpt_ref.CheckpointError, match="unencrypted"):
+        read_torch_checkpoint(write(tmp_path, bytes(blob)))
+
+
+def test_a_missing_version_record_is_refused_as_torch_does(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+        zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+    with pytest.raises(mpt_ref.CheckpointError, match="version"):
+        read_torch_checkpoint(write(tmp_path, buf.getvalue()))
+
+
+@pytest.mark.parametrize("pkl, match", [
+    (b"\x80\x02ccollections\nOrderedDict\n]\x85R.", "without arguments"),          # OrderedDict(list): hashing
+    (b"\x80\x02ccollections\nOrderedDict\n)\x81K\x01b.", "attribute dict"),        # BUILD with a non-dict state
+    (b"\x80\x02ctorch\nFloatStorage\n)\x81.", "NEWOBJ"),                           # NEWOBJ on a stand-in
+    (b"\x80\x02}K\x01K\x02s.", "str dict keys"),
+    (b"\x80\x02]K\x01\x8f.", "EMPTY_SET"),                                          # opcode outside the table
+    (b"\x80\x02" + b"]" * 100000 + b"a" * 99999 + b".", "dict of str"),            # deep nesting: no RecursionError
+    (b"\x80\x02X\x02\x00\x00\x00\xff\xfe.", "UnicodeDecodeError"),
+    (b"\x80\x02K", "unreadable"),
+], ids=["ordereddict-args", "build-state", "newobj-stand-in", "int-key", "set-opcode", "deep", "unicode",
+        "truncated"])
+def test_narrowed_pickle_opcodes(tmp_path, pkl, match):
+    with pytest.raises(mpt_ref.CheckpointError, match=match):
+        read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+@pytest.mark.parametrize("name", ["adapter_model.bin", "adapter_model.safetensors", "adapter_config.json"])
+def test_non_regular_inputs_are_refused_before_reading(tmp_path, kind, name):
+    """Issue 13: a FIFO checkpoint/config hung the loader; a symlink to /dev/zero read 9.2 GiB."""
+    import os
+
+    from mpt_ref.interop.adapter import load_peft_adapter
+
+    d = tmp_path / "adapter"
+    mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=2, token_dim=3)).save_pretrained(d)
+    if name == "adapter_model.bin":
+        (d / "adapter_model.safetensors").unlink()
+    target = d / name
+    target.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev-zero":
+        target.symlink_to("/dev/zero")
+    else:
+        target.mkdir()
+    with pytest.raises(mpt_ref.MptRefError, match="regular|neither|directory"):
+        load_peft_adapter(d)
+
+
+def test_safetensors_reads_exactly_the_file_size_under_a_memory_cap(tmp_path):
+    """Issue 13 #3: every read asked for max_bytes + 1 (8 GiB) up front: MemoryError under ulimit -v."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "a.safetensors"
+    path.write_bytes(VALID_ST)
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30));"
+            "from mpt_ref.io.checkpoint import read_tensors; import sys;"
+            f"print(sorted(read_tensors({str(path)!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "prompt_embeddings" in out.stdout
+
+
+def _central(blob: bytearray, name: bytes) -> int:
+    at = 0
+    while (at := blob.find(b"PK\x01\x02", at)) != -1:
+        n = struct.unpack_from("<H", blob, at + 28)[0]
+        if blob[at + 46 : at + 46 + n] == name:
+            return at
+        at += 4
+    raise AssertionError(name)
+
+
+def _zip_with_extra(extra: bytes) -> bytearray:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+        zf.writestr("archive/version", b"3\n")
+        info = zipfile.ZipInfo("archive/data/0")
+        info.extra = extra
+        zf.writestr(info, struct.pack("<4f", 1, 2, 3, 4))
+    return bytearray(buf.getvalue())
+
+
+def test_zip_structure_torch_reads_differently_is_refused(tmp_path):
+    """Issue 13, found by the differential fuzz: two zip corruptions that Python's zipfile tolerates while
+    torch's reader (miniz) reads other bytes as the storage: different tensors from one file."""
+    blob = bytearray(VALID_ZIP)
+    blob[_central(blob, b"archive/data/0") + 38] |= 0x10  # the DOS directory attribute
+    with pytest.raises(mpt_ref.CheckpointError, match="directory"):
+        read_torch_checkpoint(write(tmp_path, bytes(blob)))
+    good = _zip_with_extra(b"FB\x02\x00ZZ")
+    np.testing.assert_array_equal(read_torch_checkpoint(write(tmp_path, bytes(good)))["w"], [[1, 2], [3, 4]])
+    bad = bytearray(good)
+    local = bad.find(b"FB\x02\x00ZZ")  # the local header's copy comes first; the central one stays valid
+    bad[local + 2] = 0xE1
+    with pytest.raises(mpt_ref.CheckpointError, match="extra field"):
+        read_torch_checkpoint(write(tmp_path, bytes(bad)))
+
+
+@pytest.mark.parametrize("member, data, match", [
+    ("archive/.storage_alignment", b"ZZ", "storage_alignment"),
+    ("archive/.data/serialization_id", b"\xff\xfe", "serialization_id"),
+    ("archive/version", b"0\n", "format version"),
+], ids=["alignment", "serialization-id", "version-0"])
+def test_records_torch_parses_are_checked(tmp_path, member, data, match):
+    archive = torch_zip(pickle_of_tensor_dict(), extra={member: data}) if member != "archive/version" else None
+    if archive is None:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
+            zf.writestr("archive/version", data)
+            zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
+        archive = buf.getvalue()
+    with pytest.raises(mpt_ref.CheckpointError, match=match):
+        read_torch_checkpoint(write(tmp_path, archive))

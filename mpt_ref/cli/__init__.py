@@ -59,7 +59,25 @@ def is_input_error(exc: BaseException) -> bool:
     """Bad usage or unreadable input (exit 2) rather than a bug (exit 3)."""
     if isinstance(exc, (MptRefError, OSError, json.JSONDecodeError, UnicodeDecodeError)):
         return True
+    if isinstance(exc, ValueError) and "null byte" in str(exc):  # a NUL in a user path (os/pathlib)
+        return True
     return any(f"{c.__module__}.{c.__qualname__}" in _INPUT_ERROR_NAMES for c in type(exc).__mro__)
+
+
+MAX_MESSAGE = 2000  # characters of an error line: a message never floods the terminal
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one bounded line: ours as written, an OSError as path + reason, else type + text."""
+    if isinstance(exc, MptRefError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        text = (f"{exc.filename}: " if exc.filename else "") + (exc.strerror or type(exc).__name__)
+    elif isinstance(exc, ValueError) and "null byte" in str(exc):
+        text = "a path: expected no NUL character, got one"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return (text.splitlines() or ["failed"])[0][:MAX_MESSAGE]
 
 
 def _closed_pipe() -> int:
@@ -87,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         if is_input_error(exc):
-            text = str(exc) if isinstance(exc, MptRefError) else f"{type(exc).__name__}: {exc}"
-            print(f"mpt-ref {args.command}: error: {text}", file=sys.stderr)
+            print(f"mpt-ref {args.command}: error: {_one_line(exc)}", file=sys.stderr)
             return EXIT_USAGE
         print(f"mpt-ref {args.command}: internal error: {type(exc).__name__}: {exc}"
               + ("" if args.debug else " (rerun with --debug for the traceback, and please report it)"),

@@ -15,6 +15,7 @@ import numpy as np
 
 from mpt_ref.errors import CheckpointError
 from mpt_ref.io.checkpoint import read_tensors
+from mpt_ref.io.limits import MAX_BYTES, read_regular_file
 from mpt_ref.modules.config import CONFIG_NAME, load_config
 
 TENSOR_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -35,7 +36,8 @@ def describe(path: str | Path) -> str:
         lines += [f"config ({type(config).__name__}):", json.dumps(config.to_dict(), indent=2, sort_keys=True)]
     lines.append("files:")
     for f in files:
-        lines.append(f"  {f.name:<32} {f.stat().st_size:>10} bytes  sha256 {hashlib.sha256(f.read_bytes()).hexdigest()}")
+        data = read_regular_file(f, MAX_BYTES, CheckpointError, "file")  # no FIFO, device or oversized file
+        lines.append(f"  {f.name:<32} {len(data):>10} bytes  sha256 {hashlib.sha256(data).hexdigest()}")
     for f in (f for f in files if f.suffix in TENSOR_SUFFIXES):
         tensors = read_tensors(f)
         lines.append(f"tensors in {f.name} ({len(tensors)}):")

@@ -27,10 +27,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from safetensors.numpy import load, save
@@ -39,7 +38,8 @@ from mpt_ref._version import SPEC_VERSION
 from mpt_ref.conformance.cases import CASES, CaseSpec, run_reference, source_tensors
 from mpt_ref.conformance.errors import ERROR_CASES
 from mpt_ref.errors import CheckpointError, OutputExistsError
-from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.io.atomic import atomic_write_directory
+from mpt_ref.io.limits import read_regular_file
 from mpt_ref.tolerances import VECTORS, Tol
 
 FORMAT = "mpt-ref-vectors/2"
@@ -139,37 +139,54 @@ def write_vectors(
     force: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Generate every case into ``out_dir``. Built in a temp dir beside it and renamed into place, so
-    a failure leaves no partial set; an existing ``out_dir`` is replaced only with ``force``."""
-    out_dir = Path(out_dir)
+    """Generate every case into ``out_dir``. Built in a hidden staging directory beside it and swapped into
+    place in one step (io/atomic.py), so a failure or a kill leaves the old set or the new one, never a
+    partial folder under the final name. An existing ``out_dir`` is replaced only with ``force``, and only
+    when it is a vectors folder mpt-ref wrote (index.json of this format, nothing but its cases and
+    files): ``mpt-ref vectors . --force`` refuses a working directory instead of deleting it."""
+    out_dir = Path(os.path.abspath(out_dir))
     if out_dir.exists() and not force:
         raise OutputExistsError(f"{out_dir}: expected a new directory, got an existing one (use --force)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_vectors_folder(out_dir)
     cases = list(cases)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the renamed directory must be readable as any other
+    files: dict[str, bytes] = {}
+    index = {"format": FORMAT, "spec_version": SPEC_VERSION, "cases": {}}
+    for n, spec in enumerate(cases, 1):
+        case = case_files(spec)
+        files.update({f"{spec.name}/{name}": data for name, data in case.items()})
+        index["cases"][spec.name] = {"path": spec.name, "module": spec.module,
+                                     "files": {k: _sha256(v) for k, v in sorted(case.items())}}
+        if progress:
+            progress(f"[{n}/{len(cases)}] {spec.name}")
+    files["index.json"] = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()
+    files["errors.json"] = (json.dumps({"format": FORMAT, "cases": list(ERROR_CASES)}, indent=2) + "\n").encode()
+    files["README.md"] = README.encode()
+    return atomic_write_directory(out_dir, files, check_existing=check_vectors_folder)
+
+
+def check_vectors_folder(out_dir: Path) -> None:
+    """Refuse to replace anything but a vectors folder mpt-ref wrote (or an empty directory)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir}: expected a vectors directory, got an existing file (not replaced)")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    refuse = f"{out_dir}: expected a vectors folder written by mpt-ref (index.json with format {FORMAT}), got "
     try:
-        index = {"format": FORMAT, "spec_version": SPEC_VERSION, "cases": {}}
-        for n, spec in enumerate(cases, 1):
-            files = case_files(spec)
-            for name, data in files.items():
-                atomic_write_bytes(staging / spec.name / name, data)
-            index["cases"][spec.name] = {"path": spec.name, "module": spec.module,
-                                         "files": {k: _sha256(v) for k, v in sorted(files.items())}}
-            if progress:
-                progress(f"[{n}/{len(cases)}] {spec.name}")
-        (staging / "index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        (staging / "errors.json").write_text(json.dumps({"format": FORMAT, "cases": list(ERROR_CASES)}, indent=2) + "\n")
-        (staging / "README.md").write_text(README)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir
+        raw = read_regular_file(out_dir / "index.json", 64 << 20, OutputExistsError, "index.json")  # no FIFO hang
+        index = json.loads(raw.decode("utf-8"))
+        ok = isinstance(index, dict) and index.get("format") == FORMAT and isinstance(index.get("cases"), dict)
+    except (OSError, ValueError, RecursionError):  # OutputExistsError is an OSError: not a vectors folder
+        ok = False
+    if not ok:
+        raise OutputExistsError(refuse + f"a directory holding {entries[:5]}{' ...' if len(entries) > 5 else ''} "
+                                "(not replaced; remove it yourself or choose another directory)")
+    known = {"index.json", "errors.json", "README.md", *index["cases"]}
+    foreign = [e for e in entries if e not in known]
+    if foreign:
+        raise OutputExistsError(refuse + f"a vectors folder with other entries {foreign[:5]} (not replaced)")
 
 
 class VectorCase(NamedTuple):

@@ -50,6 +50,8 @@ def lstm_forward(
     c = np.zeros((B, T + 1, H), dtype=x.dtype)
     h = np.zeros((B, T + 1, H), dtype=x.dtype)
     for t in range(T):
+        # one (B, H) GEMM per step: BLAS may block it differently for another B, so a row run alone can
+        # differ in the last bits from the same row in a batch (spec/lstm.md, "Batch invariance")
         z = zx[:, t] + h[:, t] @ w_hh.T  # B,4H
         i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), sigmoid(z[:, 3 * H :])  # B,H each
         g = tanh(z[:, 2 * H : 3 * H])  # B,H

@@ -67,6 +67,8 @@ def load_peft_adapter(path: str | os.PathLike, *, full_encoder: bool = False, dt
         if missing:
             raise CheckpointError(f"{directory}: expected MPT keys {list(FACTOR_KEYS)}, got {missing} missing "
                                   "(PEFT would silently keep a random init)")
+    _check_shapes_before_building(directory, config, tensors)
+    if isinstance(config, MultitaskPromptTuningConfig):
         # the saved factors replace any init: build with RANDOM, keep the config's fields as saved
         build = dataclasses.replace(config, prompt_tuning_init=MultitaskPromptTuningInit.RANDOM,
                                     prompt_tuning_init_state_dict_path=None)
@@ -90,7 +92,21 @@ def load_peft_adapter(path: str | os.PathLike, *, full_encoder: bool = False, dt
     return module
 
 
-register_adapter_loader(load_peft_adapter)  # PromptEmbedding.from_pretrained & co.
+def _check_shapes_before_building(directory: Path, config: Any, tensors: dict[str, np.ndarray]) -> None:
+    """The config's sizes against the file's tensors, before the module (and its init) is allocated: a
+    hostile config asking for 12000 x 12000 beside a small table costs nothing."""
+    if config.num_virtual_tokens is None or config.token_dim is None:
+        raise ConfigError(f"{directory / CONFIG_NAME}: expected num_virtual_tokens and token_dim, got "
+                          f"{config.num_virtual_tokens} and {config.token_dim}")
+    t, d = config.total_virtual_tokens, config.token_dim
+    want = {TABLE_KEY: (t, d)}
+    if isinstance(config, MultitaskPromptTuningConfig):
+        k, r = config.num_tasks, config.num_ranks
+        want.update({"prefix_task_cols": (k, t, r), "prefix_task_rows": (k, r, d)})
+    for key, shape in want.items():
+        if tuple(tensors[key].shape) != shape:
+            raise CheckpointError(f"{directory}: {key!r}: expected shape {shape} (from {CONFIG_NAME}), got "
+                                  f"{tuple(tensors[key].shape)}")
 
 
 def _load_full_encoder(directory: Path, config: PromptEncoderConfig, dtype: Any) -> PromptEncoder:
@@ -120,3 +136,6 @@ def _module(module: Any) -> Module:
         raise ConfigError(f"module: expected a PromptEmbedding, MultitaskPromptEmbedding or PromptEncoder, "
                           f"got {type(module).__name__}")
     return module
+
+
+register_adapter_loader(load_peft_adapter)  # PromptEmbedding.from_pretrained & co.

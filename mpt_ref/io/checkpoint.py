@@ -1,24 +1,26 @@
-"""Checkpoint files: a hardened safetensors reader, an atomic writer, and one ``read_tensors`` entry
-point that also reads PyTorch ``.bin`` files (without torch, see torch_pickle.py).
+"""Checkpoint files: the safetensors library's own loader behind a size- and type-checked read, an
+atomic writer, and one ``read_tensors`` entry point that also reads PyTorch ``.bin`` files (without
+torch, see torch_pickle.py).
 
-The reader validates everything before it allocates: the 8-byte header length against the file size
-and a cap, the header JSON, every dtype, shape and byte range (in bounds, exact size, no overlap), and
-the total size against ``max_bytes``. Anything off is a ``CheckpointError`` naming the file and the
-problem; nothing is executed and nothing larger than the file itself is allocated.
+Acceptance is the safetensors library's (``safetensors.deserialize``): a file it refuses is refused here,
+and a file it accepts loads as exactly its tensors. On top of it mpt-ref refuses (spec/checkpoints.md):
+files that are not regular files or exceed ``max_bytes`` (checked before reading, then read exactly to
+their size), and dtypes outside F64/F32/F16/BF16/I64/I32/I16/I8/U8/BOOL. Every failure is a
+``CheckpointError`` naming the file and the problem; nothing is executed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from mpt_ref.errors import CheckpointError
 from mpt_ref.io.atomic import atomic_write_bytes
-from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32
+from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32, exc_text, read_regular_file
 
 MAX_HEADER_BYTES = 100 << 20   # safetensors' own header limit: 100 MB
 
@@ -36,67 +38,40 @@ def _fail(path: str, what: str) -> CheckpointError:
 
 
 def parse_safetensors(data: bytes, *, path: str = "<bytes>") -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """(tensors, metadata) from the bytes of a safetensors file, every field validated first."""
-    if len(data) < 8:
-        raise _fail(path, f"{len(data)} bytes (shorter than the 8-byte header length)")
-    n = int.from_bytes(data[:8], "little")
-    if n > MAX_HEADER_BYTES or n > len(data) - 8:
-        raise _fail(path, f"a header length of {n} bytes in a {len(data)}-byte file (limit {MAX_HEADER_BYTES})")
+    """(tensors, metadata) from the bytes of a safetensors file, as the safetensors library reads them."""
+    from safetensors import SafetensorError, deserialize
+
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    try:
+        flat = deserialize(data)  # validates header length, JSON, dtypes, shapes, offsets, coverage
+    except SafetensorError as exc:
+        raise _fail(path, f"a file the safetensors library refuses ({exc_text(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - a library panic or overflow must not escape as another type
+        raise _fail(path, f"a file the safetensors library cannot read ({exc_text(exc)})") from None
+    n = int.from_bytes(data[:8], "little")  # the library checked it
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise _fail(path, f"an unreadable JSON header ({type(exc).__name__})") from None
-    if not isinstance(header, dict):
-        raise _fail(path, f"a JSON header of type {type(header).__name__}")
-    metadata = header.pop("__metadata__", None) or {}
+        metadata = header.get("__metadata__") or {}
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError) as exc:  # pragma: no cover
+        raise _fail(path, f"a header Python's json cannot read ({type(exc).__name__})") from None
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise _fail(path, "__metadata__ that is not a str -> str mapping")
-    body = memoryview(data)[8 + n :]
-    spans, tensors = [], {}
-    for key, info in header.items():
-        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
-            raise _fail(path, f"tensor {key!r} with entry {str(info)[:100]}")
-        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
-        if dtype not in SAFETENSORS_DTYPES:
-            raise _fail(path, f"tensor {key!r} of unsupported dtype {dtype!r} (supported {sorted(SAFETENSORS_DTYPES)})")
-        if not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 1 << 40 for s in shape):
-            raise _fail(path, f"tensor {key!r} with shape {str(shape)[:100]}")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
-                and 0 <= offsets[0] <= offsets[1] <= len(body)):
-            raise _fail(path, f"tensor {key!r} with byte range {str(offsets)[:100]} outside the {len(body)}-byte body")
-        np_dtype = SAFETENSORS_DTYPES[dtype]
-        size = int(np.prod(shape, dtype=object)) * np_dtype.itemsize
-        if offsets[1] - offsets[0] != size:
-            raise _fail(path, f"tensor {key!r}: {offsets[1] - offsets[0]} bytes for shape {shape} {dtype} ({size} needed)")
-        spans.append((offsets[0], offsets[1], key))
-        tensors[key] = (np_dtype, shape, offsets)
-    spans.sort()
-    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
-        if start < end:
-            raise _fail(path, f"overlapping byte ranges of tensors {a!r} and {b!r}")
+        raise _fail(path, "__metadata__ that is not a str -> str mapping")  # pragma: no cover - the library checks
     out = {}
-    for key, (np_dtype, shape, (start, end)) in tensors.items():
-        arr = np.frombuffer(body[start:end], dtype=np_dtype).reshape(shape)  # a view of the file bytes
-        out[key] = bf16_to_float32(arr) if header[key]["dtype"] == "BF16" else arr.astype(np_dtype.newbyteorder("="))
-    return out, metadata
-
-
-def _read_capped(path: Path, max_bytes: int) -> bytes:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: expected an existing checkpoint file, got a missing path") from None
-    if not path.is_file():
-        raise CheckpointError(f"{path}: expected a regular file, got something else")
-    if size > max_bytes:
-        raise CheckpointError(f"{path}: expected at most {max_bytes} bytes, got {size}")
-    with open(path, "rb") as f:
-        return f.read(max_bytes + 1)
+    for key, info in flat:
+        dtype = info["dtype"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise _fail(path, f"tensor {key[:100]!r} of unsupported dtype {dtype!r} (supported {sorted(SAFETENSORS_DTYPES)})")
+        np_dtype = SAFETENSORS_DTYPES[dtype]
+        arr = np.frombuffer(info["data"], dtype=np_dtype).reshape(info["shape"])
+        out[key] = bf16_to_float32(arr) if dtype == "BF16" else arr.astype(np_dtype.newbyteorder("="), copy=False)  # the library's own writable copy
+    return out, dict(metadata)
 
 
 def read_safetensors(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     path = Path(path)
-    return parse_safetensors(_read_capped(path, max_bytes), path=str(path))
+    data = read_regular_file(path, max_bytes, CheckpointError, "checkpoint file")
+    return parse_safetensors(data, path=str(path))
 
 
 def read_tensors(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:

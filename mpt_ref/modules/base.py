@@ -160,7 +160,8 @@ class Module:
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Copy arrays in, cast to the module dtype. Shapes must match exactly, even when not strict
-        (as torch). strict=True also refuses missing and unexpected keys. Nothing is changed on error."""
+        (as torch). strict=True also refuses missing and unexpected keys. Values must be finite once cast to the
+        module dtype (float64 1e300 into float32 is an error, not inf). Nothing is changed on error."""
         if not isinstance(state_dict, Mapping):
             raise CheckpointError(f"state_dict: expected a mapping of key -> array, got {type(state_dict).__name__}")
         missing = [k for k in self._params if k not in state_dict]
@@ -171,14 +172,23 @@ class Module:
             )
         staged = {}
         for key in self._params.keys() & state_dict.keys():
-            value = np.asarray(state_dict[key])
+            try:
+                value = np.asarray(state_dict[key])
+            except (ValueError, TypeError) as exc:  # ragged nested lists
+                raise CheckpointError(f"state_dict[{key!r}]: expected an array, got {type(state_dict[key]).__name__} "
+                                      f"NumPy cannot convert ({str(exc)[:100]})") from None
             if not np.issubdtype(value.dtype, np.floating):
                 raise CheckpointError(f"state_dict[{key!r}]: expected a float array, got dtype {value.dtype}")
             if value.shape != self._params[key].shape:
                 raise CheckpointError(
                     f"state_dict[{key!r}]: expected shape {self._params[key].shape}, got {value.shape}"
                 )
-            staged[key] = value.astype(self.dtype)  # always a copy
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = value.astype(self.dtype)  # always a copy
+            if not np.isfinite(cast).all():
+                what = "NaN or inf" if not np.isfinite(value).all() else f"values beyond the range of {self.dtype}"
+                raise CheckpointError(f"state_dict[{key!r}]: expected finite values in {self.dtype}, got {what}")
+            staged[key] = cast
         self._install({**self._params, **staged})
         return LoadResult(missing, unexpected)
 

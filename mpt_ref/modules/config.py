@@ -21,6 +21,7 @@ from mpt_ref import _checks
 from mpt_ref.errors import ConfigError
 from mpt_ref.io.adapter_files import CONFIG_NAME
 from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.io.limits import MAX_CONFIG_BYTES, exc_text, read_regular_file
 
 
 class TaskType(str, enum.Enum):
@@ -118,6 +119,9 @@ class PromptLearningConfig:
         self.num_transformer_submodules = _checks.positive_int(
             "num_transformer_submodules", self.num_transformer_submodules
         )
+        if self.num_virtual_tokens is not None and self.token_dim is not None:
+            _cap("num_virtual_tokens x num_transformer_submodules x token_dim (the prompt table)",
+                 self.num_virtual_tokens, self.num_transformer_submodules, self.token_dim)
 
     @property
     def total_virtual_tokens(self) -> int:
@@ -170,16 +174,30 @@ class PromptLearningConfig:
         return cls.from_dict(_read_json(path))
 
 
+MAX_PARAMETER_ELEMENTS = 1 << 31  # 8 GiB of float32 in one parameter: far beyond any prompt, before any allocation
+
+
+def _cap(what: str, *factors: int) -> None:
+    """Refuse a parameter of more than MAX_PARAMETER_ELEMENTS elements before anything is allocated
+    (a hostile adapter_config.json asking for 10**9 x 10**9 would otherwise end in a bare MemoryError)."""
+    n = 1
+    for f in factors:
+        n *= f
+    if n > MAX_PARAMETER_ELEMENTS:
+        raise ConfigError(f"{what}: expected at most {MAX_PARAMETER_ELEMENTS} elements per parameter, got {n}")
+
+
 def _read_json(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG_NAME
+    if not path.exists() and not path.is_symlink():
+        raise ConfigError(f"config path: expected an {CONFIG_NAME} file, got missing path {path}")
+    raw = read_regular_file(path, MAX_CONFIG_BYTES, ConfigError, CONFIG_NAME)  # no FIFO, device, huge file
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"config path: expected an {CONFIG_NAME} file, got missing path {path}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: expected JSON, got unreadable text ({exc})") from exc
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ConfigError(f"{path}: expected JSON, got unreadable text ({exc_text(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if "runtime_config" in data:
@@ -241,6 +259,9 @@ class MultitaskPromptTuningConfig(PromptTuningConfig):
         self.prompt_tuning_init_task = _checks.positive_int(
             "prompt_tuning_init_task", self.prompt_tuning_init_task, minimum=0
         )
+        if self.num_virtual_tokens is not None and self.token_dim is not None:
+            _cap("num_tasks x total virtual tokens x num_ranks", self.num_tasks, self.total_virtual_tokens, self.num_ranks)
+            _cap("num_tasks x num_ranks x token_dim", self.num_tasks, self.num_ranks, self.token_dim)
         if self.prompt_tuning_init in SOURCE_INITS and self.prompt_tuning_init_state_dict_path is None:
             raise ConfigError(
                 "prompt_tuning_init_state_dict_path needs to be specified with "
@@ -285,6 +306,10 @@ class PromptEncoderConfig(PromptLearningConfig):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ConfigError(f"encoder_dropout: expected a float in [0, 1), got {p!r}")
         self.encoder_dropout = float(p)
+        if self.token_dim is not None:
+            hidden = self.encoder_hidden_size or self.token_dim
+            _cap("4 x encoder_hidden_size x max(token_dim, 2 x encoder_hidden_size) (the encoder weights)",
+                 4, hidden, max(self.token_dim, 2 * hidden))
 
 
 CONFIG_CLASSES: dict[PeftType, type[PromptLearningConfig]] = {

@@ -88,9 +88,9 @@ class PromptEncoder(Module):
             if encoder_type == EncoderType.LSTM and self.dropout > 0 and self.num_layers == 1:
                 warnings.warn(lstm_dropout_warning(config.encoder_dropout, self.num_layers), UserWarning, stacklevel=2)
 
-        self.seed = seed  # the init seed (None: fresh entropy), stamped into ONNX exports
+        self.seed = _checks.seed(seed)  # the init seed (None: fresh entropy), stamped into ONNX exports
         self._dropout = DropoutPolicy(self.dropout, self.num_layers, H, self.dtype, self._no_dropout_reason())
-        self.rng = np.random.default_rng(seed)  # init draws first, then dropout masks
+        self.rng = np.random.default_rng(self.seed)  # init draws first, then dropout masks
         params = {"embedding.weight": self.rng.standard_normal((T, D)).astype(self.dtype)}  # N(0, 1)
         if not self.inference_mode and encoder_type == EncoderType.LSTM:
             params.update(init_lstm_stack(self.rng, D, H, self.num_layers, self.dtype))

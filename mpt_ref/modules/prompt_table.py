@@ -51,8 +51,8 @@ class PromptTableModule(Module):
         self.dtype = _checks.float_dtype("dtype", dtype)
         self.config, T, D = resolve_config(config, self.config_class, word_embeddings)
         self.total_virtual_tokens, self.token_dim = T, D
-        self.seed = seed  # the init seed (None: fresh entropy), stamped into ONNX exports
-        self.rng = np.random.default_rng(seed)
+        self.seed = _checks.seed(seed)  # the init seed (None: fresh entropy), stamped into ONNX exports
+        self.rng = np.random.default_rng(self.seed)
         weight = init_prompt_embedding(self.config, self.rng, word_embeddings, init_token_ids, (T, D), self.dtype)
         self._init_params(weight)
 
