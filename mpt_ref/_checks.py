@@ -10,7 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from mpt_ref.errors import ConfigError, IndexRangeError, InputError, InputTypeError
+from mpt_ref.errors import (
+    ConfigError,
+    IndexRangeError,
+    InputError,
+    InputTypeError,
+    shown,
+)
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -18,7 +24,7 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def _describe(x: Any) -> str:
     if isinstance(x, np.ndarray):
         return f"ndarray of shape {x.shape} and dtype {x.dtype}"
-    return f"{type(x).__name__} {x!r}"[:200]
+    return shown(f"{type(x).__name__} {x!r}")
 
 
 def float_dtype(name: str, dtype: Any) -> np.dtype:

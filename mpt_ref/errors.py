@@ -42,3 +42,14 @@ class InputTypeError(InputError, TypeError):
 
 class IndexRangeError(InputError, IndexError):
     """Indices or task ids fall outside their valid range. Never wrapped the way NumPy wraps negatives."""
+
+
+SHOWN_CHARS = 200  # the most of a user's or a file's text (a name, a path, a runtime's error) a message quotes
+
+
+def shown(text: object, limit: int = SHOWN_CHARS) -> str:
+    """``str(text)`` for an error message, cut to ``limit`` characters with a marker: a hostile file's
+    names and a runtime's error texts can be megabytes. For values an attacker built (nested pickle
+    structures), io.limits.short, which never calls ``str()`` on the whole."""
+    out = str(text)
+    return out if len(out) <= limit else out[: limit - 1] + "…"

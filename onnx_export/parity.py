@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from mpt_ref import tolerances
-from mpt_ref.errors import InputError
+from mpt_ref.errors import InputError, shown
 from mpt_ref.modules.bounds import TensorCheck, check_tensor, expected
 from mpt_ref.modules.kind import Kind
 from mpt_ref.tolerances import Rounding
@@ -95,7 +95,7 @@ def run_cases(model: onnx.ModelProto, spec: ModuleSpec, cases: Sequence[tuple[st
             try:
                 got = runner.run({names.get(k, k): np.asarray(v, dtype=np.int64) for k, v in feeds.items()})
             except Exception as exc:  # a runtime refusing an input is a parity failure, reported
-                checks.append(TensorCheck.failed(name, "output", f"{type(exc).__name__}: {str(exc)[:200]}", provider))
+                checks.append(TensorCheck.failed(name, "output", f"{type(exc).__name__}: {shown(exc)}", provider))
                 continue
             checks.append(compare(name, provider, got, want, bound))
     return checks

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mpt_ref.errors import InputError, OutputExistsError
+from mpt_ref.errors import InputError, OutputExistsError, shown
 from mpt_ref.io.atomic import atomic_write_bytes
 
 STDOUT = "-"
@@ -89,7 +89,7 @@ def load_onnx_model(option: str, path: str) -> Any:
         return onnx.load(path)
     except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
         raise InputError(f"{option}: expected an ONNX model file, got unreadable {path!r} ({type(exc).__name__}: "
-                         f"{str(exc)[:200]})") from exc
+                         f"{shown(exc)})") from exc
 
 
 def kind_arg(text: str) -> Any:

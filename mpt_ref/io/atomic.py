@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from mpt_ref.errors import InputError, OutputExistsError
+from mpt_ref.errors import InputError, OutputExistsError, shown
 
 TMP_SUFFIX = ".mpt-ref-tmp"
 
@@ -104,7 +104,7 @@ def _check_target(path: Path) -> None:
     """An output path must be a regular file (or new), under directories (or new ones): never a device,
     FIFO or directory replaced by a rename, never a path under an existing file."""
     if "\0" in str(path):
-        raise InputError(f"path: expected no NUL character, got {str(path)[:200]!r}")
+        raise InputError(f"path: expected no NUL character, got {shown(path)!r}")
     try:
         st = path.lstat()
     except FileNotFoundError:
@@ -173,7 +173,7 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
     (hard links, so nothing is copied and nothing can be lost); every other entry goes with the old set.
     """
     if "\0" in os.fspath(directory):
-        raise InputError(f"path: expected no NUL character, got {os.fspath(directory)[:200]!r}")
+        raise InputError(f"path: expected no NUL character, got {shown(os.fspath(directory))!r}")
     directory = Path(os.path.realpath(directory))  # a symlinked target: write where it points, keep the link
     if directory.exists() and not directory.is_dir():
         raise OutputExistsError(f"{directory}: expected a directory, got an existing file")

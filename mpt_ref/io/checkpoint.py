@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpt_ref.errors import CheckpointError
+from mpt_ref.errors import CheckpointError, shown
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32, exc_text, read_regular_file
 
@@ -61,7 +61,7 @@ def parse_safetensors(data: bytes, *, path: str = "<bytes>") -> tuple[dict[str, 
     for key, info in flat:
         dtype = info["dtype"]
         if dtype not in SAFETENSORS_DTYPES:
-            raise _fail(path, f"tensor {key[:100]!r} of unsupported dtype {dtype!r} (supported {sorted(SAFETENSORS_DTYPES)})")
+            raise _fail(path, f"tensor {shown(key)!r} of unsupported dtype {dtype!r} (supported {sorted(SAFETENSORS_DTYPES)})")
         np_dtype = SAFETENSORS_DTYPES[dtype]
         arr = np.frombuffer(info["data"], dtype=np_dtype).reshape(info["shape"])
         out[key] = bf16_to_float32(arr) if dtype == "BF16" else arr.astype(np_dtype.newbyteorder("="), copy=False)  # the library's own writable copy

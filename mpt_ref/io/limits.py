@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from mpt_ref.errors import shown
+
 MAX_BYTES = 8 << 30        # default cap on one checkpoint file: 8 GiB
 MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json: a few hundred bytes in practice; 1 MiB is generous
 
@@ -23,7 +25,7 @@ def short(value: Any) -> str:
     """A bounded description of an attacker-built value: ``reprlib`` (depth 3, 6 items, 60 chars), never
     ``str()`` of the whole structure (a 659-byte pickle builds a value whose ``str`` doubles per level)."""
     try:
-        return _repr.repr(value)[:200]
+        return shown(_repr.repr(value))
     except Exception:  # noqa: BLE001 - a hostile __repr__ must not escape
         return f"<{type(value).__name__}>"
 
@@ -44,7 +46,7 @@ def read_regular_file(path: str | os.PathLike, max_bytes: int, error: Callable[[
     ``error(message)`` builds the exception raised (CheckpointError or ConfigError)."""
     path = Path(path)
     if "\0" in str(path):
-        raise error(f"{str(path)[:200]!r}: expected a path without NUL characters, got one")
+        raise error(f"{shown(path)!r}: expected a path without NUL characters, got one")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:

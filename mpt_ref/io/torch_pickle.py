@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mpt_ref.errors import CheckpointError
+from mpt_ref.errors import CheckpointError, shown
 from mpt_ref.io.limits import (
     MAX_BYTES,
     bf16_to_float32,
@@ -325,32 +325,32 @@ def _check_zip_structure(data: bytes, zf: zipfile.ZipFile, path: str) -> None:
         raise bad(f"central directory entries covering {at - cd_offset} of its {cd_size} bytes")
     for info in zf.infolist():
         if info.external_attr & 0x10 or info.filename.endswith("/"):  # miniz treats it as a directory
-            raise bad(f"member {info.filename[:100]!r} marked as a directory")
+            raise bad(f"member {shown(info.filename)!r} marked as a directory")
         if info.volume != 0:
-            raise bad(f"member {info.filename[:100]!r} on disk {info.volume}")
+            raise bad(f"member {shown(info.filename)!r} on disk {info.volume}")
         if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-            raise bad(f"member {info.filename[:100]!r} with sizes {info.compress_size} != {info.file_size}")
+            raise bad(f"member {shown(info.filename)!r} with sizes {info.compress_size} != {info.file_size}")
         at = info.header_offset
         if data[at:at + 4] != b"PK\x03\x04" or at + 30 > len(data):
-            raise bad(f"no local header for member {info.filename[:100]!r}")
+            raise bad(f"no local header for member {shown(info.filename)!r}")
         name_len, extra_len = struct.unpack_from("<HH", data, at + 26)
         raw_name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
         if data[at + 30 : at + 30 + name_len] != raw_name:
-            raise bad(f"a local header name that differs from the central one for {info.filename[:100]!r}")
+            raise bad(f"a local header name that differs from the central one for {shown(info.filename)!r}")
         if at + 30 + name_len + extra_len + info.compress_size > len(data):
-            raise bad(f"member {info.filename[:100]!r} reaching past the end of the file")
+            raise bad(f"member {shown(info.filename)!r} reaching past the end of the file")
         pos, extra = 0, data[at + 30 + name_len : at + 30 + name_len + extra_len]
         while pos + 4 <= len(extra):  # the local extra fields must tile their area exactly
             pos += 4 + struct.unpack_from("<H", extra, pos + 2)[0]
         if pos != len(extra):
-            raise bad(f"a malformed local extra field for member {info.filename[:100]!r}")
+            raise bad(f"a malformed local extra field for member {shown(info.filename)!r}")
 
 
 def _archive_root(infos: list[zipfile.ZipInfo], path: str) -> str:
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise CheckpointError(f"{path}: expected unique archive member names, got {dup[:100]!r} twice "
+        raise CheckpointError(f"{path}: expected unique archive member names, got {shown(dup)!r} twice "
                               "(readers disagree on which copy counts)")
     roots = set()
     for info in infos:
@@ -359,15 +359,15 @@ def _archive_root(infos: list[zipfile.ZipInfo], path: str) -> str:
             try:
                 name.encode("cp437").decode("utf-8")
             except UnicodeError:
-                raise CheckpointError(f"{path}: expected UTF-8 archive member names, got {name[:100]!r}") from None
+                raise CheckpointError(f"{path}: expected UTF-8 archive member names, got {shown(name)!r}") from None
         p = PurePosixPath(name)
         if p.is_absolute() or ".." in p.parts or "\\" in name or len(p.parts) < 2:
-            raise CheckpointError(f"{path}: expected relative archive member names inside one folder, got {name[:100]!r}")
+            raise CheckpointError(f"{path}: expected relative archive member names inside one folder, got {shown(name)!r}")
         if info.flag_bits & 0x2041:  # encrypted, strong encryption, masked local headers (torch refuses all)
-            raise CheckpointError(f"{path}: expected unencrypted archive members, got {name[:100]!r} encrypted")
+            raise CheckpointError(f"{path}: expected unencrypted archive members, got {shown(name)!r} encrypted")
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"{path}: expected stored (uncompressed) members as torch.save writes, got "
-                                  f"{name[:100]!r} with compression method {info.compress_type}")
+                                  f"{shown(name)!r} with compression method {info.compress_type}")
         roots.add(p.parts[0])
     if len(roots) != 1:
         raise CheckpointError(f"{path}: expected one top-level folder holding data.pkl (a torch zip checkpoint), "
@@ -410,21 +410,21 @@ def _read_archive(zf: zipfile.ZipFile, path: str, max_bytes: int) -> dict[str, n
     def member(name: str, limit: int) -> bytes:
         info = infos.get(f"{root}/{name}")
         if info is None:
-            raise CheckpointError(f"{path}: expected archive member {root[:100]}/{name[:100]}, got none")
+            raise CheckpointError(f"{path}: expected archive member {shown(root)}/{shown(name)}, got none")
         if info.file_size > limit:
-            raise CheckpointError(f"{path}: member {name[:100]} declares {info.file_size} bytes (limit {limit})")
+            raise CheckpointError(f"{path}: member {shown(name)} declares {info.file_size} bytes (limit {limit})")
         with zf.open(info) as f:
             raw = f.read(limit + 1)  # never more than the limit, whatever the header claims
         if len(raw) != info.file_size:
-            raise CheckpointError(f"{path}: member {name[:100]} holds {len(raw)} bytes, declares {info.file_size}")
+            raise CheckpointError(f"{path}: member {shown(name)} holds {len(raw)} bytes, declares {info.file_size}")
         return raw
 
     if f"{root}/data.pkl" not in infos:
-        raise CheckpointError(f"{path}: expected {root[:100]}/data.pkl (a torch zip checkpoint), got none")
+        raise CheckpointError(f"{path}: expected {shown(root)}/data.pkl (a torch zip checkpoint), got none")
     names = [f"{root}/version", f"{root}/.data/version"]
     version = next((n for n in names if n in infos), None)
     if version is None:
-        raise CheckpointError(f"{path}: expected a {root[:100]}/version record (torch.load requires one), got none")
+        raise CheckpointError(f"{path}: expected a {shown(root)}/version record (torch.load requires one), got none")
     text = member(version[len(root) + 1:], 32)
     if not re.fullmatch(rb"[0-9]{1,3}\n?", text) or not 1 <= int(text) <= 20:
         raise CheckpointError(f"{path}: expected a format version 1..20, got {text[:32]!r}")
@@ -447,11 +447,11 @@ def _read_archive(zf: zipfile.ZipFile, path: str, max_bytes: int) -> dict[str, n
     def read_storage(key: str, storage_type: _StorageType, numel: int) -> _Storage:
         if key not in storages:
             if "/" in key or key in ("", ".", ".."):
-                raise CheckpointError(f"{path}: expected a plain storage key, got {key[:100]!r}")
+                raise CheckpointError(f"{path}: expected a plain storage key, got {shown(key)!r}")
             nbytes = numel * storage_type.dtype.itemsize
             raw = member(f"data/{key}", min(nbytes, max_bytes))
             if len(raw) != nbytes:
-                raise CheckpointError(f"{path}: storage {key[:100]} holds {len(raw)} bytes, {numel} x "
+                raise CheckpointError(f"{path}: storage {shown(key)} holds {len(raw)} bytes, {numel} x "
                                       f"{storage_type.name} declared")
             storages[key] = _Storage(np.frombuffer(raw, dtype=storage_type.dtype),
                                      bf16=storage_type.name == "BFloat16Storage")

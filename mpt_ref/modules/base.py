@@ -29,7 +29,7 @@ import numpy as np
 from mpt_ref import _checks
 from mpt_ref._types import Params
 from mpt_ref._version import PEFT_VERSION, __version__
-from mpt_ref.errors import CheckpointError, ConfigError
+from mpt_ref.errors import CheckpointError, ConfigError, shown
 from mpt_ref.io.adapter_files import (
     CONFIG_NAME,
     TABLE_KEY,
@@ -176,7 +176,7 @@ class Module:
                 value = np.asarray(state_dict[key])
             except (ValueError, TypeError) as exc:  # ragged nested lists
                 raise CheckpointError(f"state_dict[{key!r}]: expected an array, got {type(state_dict[key]).__name__} "
-                                      f"NumPy cannot convert ({str(exc)[:100]})") from None
+                                      f"NumPy cannot convert ({shown(exc)})") from None
             if not np.issubdtype(value.dtype, np.floating):
                 raise CheckpointError(f"state_dict[{key!r}]: expected a float array, got dtype {value.dtype}")
             if value.shape != self._params[key].shape:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, compose, version_converter
 
-from mpt_ref.errors import CheckpointError, InputError, OutputExistsError
+from mpt_ref.errors import CheckpointError, InputError, OutputExistsError, shown
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.checkpoint import read_safetensors
@@ -130,7 +130,7 @@ def compose_model(module: Any, base: onnx.ModelProto, word_embeddings: Any, *, v
             prepend = version_converter.convert_version(prepend, opset)
         except Exception as exc:  # noqa: BLE001 - the converter raises several types
             raise InputError(f"base graph: expected an opset the prepend graph converts to (>= 13), got opset {opset} "
-                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
+                             f"({type(exc).__name__}: {shown(exc)})") from None
     ir = max(prepend.ir_version, base.ir_version)
     prepend.ir_version = ir
     base_copy = onnx.ModelProto()
