@@ -31,6 +31,7 @@ from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from onnx_export._spec import module_spec
 from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata
 from onnx_export.parity import ParityReport, run_cases
+from onnx_export.runtimes import load_model
 
 _ONNX_FLOATS = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16"}
 
@@ -90,7 +91,7 @@ def verify_onnx(
 ) -> ParityReport:
     """Run the model on in-range inputs (PEFT's arange rows and random rows, and a second batch size
     when the batch is dynamic) and compare with the float64 reference of the configured module."""
-    model = onnx.load(str(model_path))
+    model = load_model(model_path, "--onnx")
     module: Any = _build(model, config_path, checkpoint, seed)
     if checkpoint is None:
         module.load_state_dict(weights_from_initializers(model, list(module.state_dict())))

@@ -33,7 +33,7 @@ from onnx_export.exporter import (
     tokens_dim,
 )
 from onnx_export.reference import expected_output
-from onnx_export.runtimes import Runner, check_provider
+from onnx_export.runtimes import Runner, check_provider, load_model
 
 
 def ordered_bits(x: np.ndarray) -> np.ndarray:
@@ -202,7 +202,7 @@ def check_parity(
     ``parity_cases`` and compare with ``module``'s float64 reference. Unavailable providers raise
     InputError; a runtime error inside a session is reported as a failed comparison."""
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(model)
+        model = load_model(model)
     meta = metadata(model)
     spec = module_spec(module)
     if meta.get("kind") is None or Kind.parse(meta["kind"]) != spec.kind:

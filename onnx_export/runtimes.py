@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import numpy as np
 import onnx
 
-from mpt_ref.errors import InputError
+from mpt_ref.errors import InputError, shown
+from mpt_ref.io.limits import MAX_MODEL_BYTES, read_regular_file
 
 ORT_PROVIDERS: dict[str, tuple[str, dict[str, str]]] = {
     "cpu": ("CPUExecutionProvider", {}),
@@ -50,8 +51,18 @@ def check_provider(name: str) -> str:
 def _model_bytes(model: onnx.ModelProto | str | os.PathLike) -> bytes:
     if isinstance(model, onnx.ModelProto):
         return model.SerializeToString()
-    with open(model, "rb") as f:
-        return f.read()
+    return read_regular_file(model, MAX_MODEL_BYTES, InputError, "ONNX model file")
+
+
+def load_model(path: str | os.PathLike, what: str = "model") -> onnx.ModelProto:
+    """The ONNX model in the file at ``path``: a regular file (a FIFO or device is refused before a byte is
+    read) of at most 2 GiB that parses as a ModelProto; anything else is an InputError naming ``what``."""
+    data = read_regular_file(path, MAX_MODEL_BYTES, lambda m: InputError(f"{what}: {m}"), "ONNX model file")
+    try:
+        return onnx.load_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends: not an ONNX file
+        raise InputError(f"{what}: expected an ONNX model file, got unreadable {str(path)!r} "
+                         f"({type(exc).__name__}: {shown(exc)})") from None
 
 
 class Runner:

@@ -204,3 +204,20 @@ def test_api_paths_and_values_raise_mpt_ref_errors(tmp_path):
     with pytest.raises(mpt_ref.CheckpointError, match="cannot convert"):
         module.load_state_dict({"embedding.weight": [[0.0, 1.0], [2.0]]})
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_fifo_inputs_of_verify_and_parity_are_refused_not_read(tmp_path, capsys):
+    """A FIFO (or device) given as a model or a candidate file is refused before a byte is read: the
+    readers of verify --onnx, parity and verify --candidate used plain reads that would block for ever."""
+    import os
+
+    fifo = tmp_path / "model.onnx"
+    os.mkfifo(fifo)
+    for argv in (["parity", str(fifo)], ["verify", "--onnx", str(fifo)]):
+        assert main(argv) == 2
+        assert "FIFO" in capsys.readouterr().err
+    cand = tmp_path / "cand" / "pt_basic"
+    cand.mkdir(parents=True)
+    os.mkfifo(cand / "output.safetensors")
+    assert main(["verify", "--candidate", str(tmp_path / "cand"), "--module", "prompt_embedding"]) == 2
+    assert "FIFO" in capsys.readouterr().err

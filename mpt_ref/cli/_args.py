@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mpt_ref.errors import InputError, OutputExistsError, shown
+from mpt_ref.errors import OutputExistsError
 from mpt_ref.io.atomic import atomic_write_bytes
 
 STDOUT = "-"
@@ -81,15 +81,9 @@ def write_json(path: str | None, payload: Any, force: bool) -> None:
 
 def load_onnx_model(option: str, path: str) -> Any:
     """The ONNX model at ``path``, or InputError naming ``option`` (missing file, not a ModelProto)."""
-    import onnx
+    from onnx_export.runtimes import load_model
 
-    if not Path(path).is_file():
-        raise InputError(f"{option}: expected an existing .onnx file, got {path!r}")
-    try:
-        return onnx.load(path)
-    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
-        raise InputError(f"{option}: expected an ONNX model file, got unreadable {path!r} ({type(exc).__name__}: "
-                         f"{shown(exc)})") from exc
+    return load_model(path, option)
 
 
 def kind_arg(text: str) -> Any:

@@ -39,7 +39,7 @@ from mpt_ref.conformance.cases import CASES, CaseSpec, run_reference, source_ten
 from mpt_ref.conformance.errors import ERROR_CASES
 from mpt_ref.errors import CheckpointError, OutputExistsError
 from mpt_ref.io.atomic import atomic_write_directory
-from mpt_ref.io.limits import read_regular_file
+from mpt_ref.io.limits import MAX_BYTES, read_regular_file
 from mpt_ref.tolerances import VECTORS, Tol
 
 FORMAT = "mpt-ref-vectors/2"
@@ -69,6 +69,8 @@ rounded. They are therefore within a few ulp of, not equal to, the real-number r
 NumPy classes conform to them within each case's tolerance, like any other port.
 """
 TENSOR_FILES = ("params", "inputs", "output", "grads")
+
+MAX_INDEX_BYTES = 64 << 20  # an index.json to read or replace (the committed one is ~40 KB)
 
 
 def _sha256(data: bytes) -> str:
@@ -175,7 +177,7 @@ def check_vectors_folder(out_dir: Path) -> None:
         return
     refuse = f"{out_dir}: expected a vectors folder written by mpt-ref (index.json with format {FORMAT}), got "
     try:
-        raw = read_regular_file(out_dir / "index.json", 64 << 20, OutputExistsError, "index.json")  # no FIFO hang
+        raw = read_regular_file(out_dir / "index.json", MAX_INDEX_BYTES, OutputExistsError, "index.json")  # no FIFO hang
         index = json.loads(raw.decode("utf-8"))
         ok = isinstance(index, dict) and index.get("format") == FORMAT and isinstance(index.get("cases"), dict)
     except (OSError, ValueError, RecursionError):  # OutputExistsError is an OSError: not a vectors folder
@@ -202,8 +204,8 @@ class VectorCase(NamedTuple):
 def read_index(vectors_dir: str | Path) -> dict:
     path = Path(vectors_dir) / "index.json"
     try:
-        index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        index = json.loads(read_regular_file(path, MAX_INDEX_BYTES, CheckpointError, "vectors index.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: expected a vectors index.json, got {exc}") from exc
     if index.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected format {FORMAT!r}, got {index.get('format')!r}; "
@@ -219,7 +221,7 @@ def read_case(vectors_dir: str | Path, name: str, *, check_hashes: bool = True) 
     case_dir = Path(vectors_dir) / entry["path"]
     blobs = {}
     for fname, digest in entry["files"].items():
-        data = (case_dir / fname).read_bytes()
+        data = read_regular_file(case_dir / fname, MAX_BYTES, CheckpointError, "vectors file")
         if check_hashes and _sha256(data) != digest:
             raise CheckpointError(f"{case_dir / fname}: sha256 does not match index.json (file changed or corrupt)")
         blobs[fname] = data
@@ -234,4 +236,4 @@ def load_source(vectors_dir: str | Path, name: str) -> dict[str, np.ndarray]:
     path = Path(vectors_dir) / entry["path"] / "source.safetensors"
     if not path.exists():
         raise CheckpointError(f"case {name!r}: expected a source.safetensors (source-init case), got none")
-    return load(path.read_bytes())
+    return load(read_regular_file(path, MAX_BYTES, CheckpointError, "source checkpoint"))

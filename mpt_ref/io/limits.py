@@ -16,6 +16,7 @@ from mpt_ref.errors import shown
 
 MAX_BYTES = 8 << 30        # default cap on one checkpoint file: 8 GiB
 MAX_CONFIG_BYTES = 1 << 20  # adapter_config.json: a few hundred bytes in practice; 1 MiB is generous
+MAX_MODEL_BYTES = 2 << 30   # an ONNX model is one protobuf message, which cannot exceed 2 GiB
 
 _repr = reprlib.Repr()
 _repr.maxlevel, _repr.maxstring, _repr.maxother, _repr.maxlist, _repr.maxtuple, _repr.maxdict = 3, 60, 60, 6, 6, 6

@@ -30,6 +30,7 @@ from onnx_export.prepend import (
     build_prepend_model,
     dedupe_opsets,
 )
+from onnx_export.runtimes import load_model
 
 # Word-embedding keys of common transformers checkpoints, tried in this order.
 EMBEDDING_KEYS = (
@@ -156,13 +157,7 @@ def compose_model(module: Any, base: onnx.ModelProto, word_embeddings: Any, *, v
 
 
 def load_onnx(path: str | os.PathLike, what: str = "base ONNX") -> onnx.ModelProto:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what}: expected an existing .onnx file, got {str(path)!r}")
-    try:
-        return onnx.load(str(path))
-    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
-        raise InputError(f"{what}: expected a readable ONNX model, got {path} ({type(exc).__name__})") from None
+    return load_model(path, what)
 
 
 def export_model(
