@@ -165,7 +165,7 @@ def test_wheel_install_runs_the_readme_from_another_directory(dists, tmp_path):
         _run([str(py), f"block{n}.py"], cwd=work, env=env)
 
     # conformance: the installed vectors are found without --vectors; a candidate made of their own
-    # outputs passes, an empty one fails with exit 1
+    # outputs passes
     _run(mpt + ["vectors", "OUT_DIR"], cwd=work, env=env)
     cand = work / "YOUR_DIR"
     for case in (work / "OUT_DIR").iterdir():
@@ -174,8 +174,10 @@ def test_wheel_install_runs_the_readme_from_another_directory(dists, tmp_path):
             for f in ("output.safetensors", "grads.safetensors"):
                 shutil.copy(case / f, cand / case.name / f)
     assert "FAILED" not in _run(mpt + ["verify", "--candidate", str(cand)], cwd=work, env=env).stdout
-    (work / "EMPTY").mkdir()
-    assert _run(mpt + ["verify", "--candidate", "EMPTY"], cwd=work, env=env, ok=False).returncode == 1
+    (work / "EMPTY").mkdir()  # no case at all: bad usage (exit 2); a case without outputs: a failed verdict (1)
+    assert _run(mpt + ["verify", "--candidate", "EMPTY"], cwd=work, env=env, ok=False).returncode == 2
+    (work / "PARTIAL" / "pt_basic").mkdir(parents=True)
+    assert _run(mpt + ["verify", "--candidate", "PARTIAL"], cwd=work, env=env, ok=False).returncode == 1
 
     _run(mpt + ["export", "-o", "mpt.onnx", "--variant", "folded"], cwd=work, env=env)
     _run(mpt + ["parity", "mpt.onnx", "--providers", "cpu"], cwd=work, env=env)
