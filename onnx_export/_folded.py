@@ -5,11 +5,13 @@ indices (arange(T)) and rounded once to the export dtype; the graph is one Gathe
 - mlp: ``prompt_table`` (T, D); the head acts row by row, so table[indices] is exact for any indices.
 - lstm: ``prompt_table`` (T, D), gathered as one (T, D) block per row; rows that are not arange(T)
   come out NaN (an LSTM output depends on the whole row, so a table cannot serve them).
-- mpt: ``task_prompt_table`` (K, T, D), row k = E ⊙ (C_k @ R_k); one Gather by task id picks a
-  row's whole prompt (the fastest standard-op form measured, shared/notes/cuda-ep.md). Rows with an
-  invalid task id or indices other than arange(T) come out NaN.
+- mpt: when every row of the batch is PEFT's arange(T), ``task_prompt_table`` (K, T, D), row k =
+  E ⊙ (C_k @ R_k), and one Gather by task id picks a row's whole prompt (the fastest standard-op form
+  measured, shared/notes/cuda-ep.md); otherwise the exporter's graph picks, at run time through an If
+  node (one branch runs), the folded-any form below, which serves any rows. Ids follow the faithful
+  policy: an invalid task id gives a NaN row, an invalid index a NaN vector at its position.
 
-variant="folded-any": the fastest graph exact for *any* index rows (the exporter's choice when rows are
+variant="folded-any": the fastest graph exact for *any* index rows (what "folded" MPT runs when rows are
 not PEFT's). MPT: the per-task prompt factor table P (K, T, D), P_k = C_k @ R_k evaluated in float64
 and rounded once, then out = Gather(E, indices) ⊙ Gather(P, t): two Gathers and one Mul, no MatMul,
 with the faithful graph's id policy (an invalid index: NaN at its position; an invalid task id: NaN
@@ -19,6 +21,8 @@ LSTM output depends on the whole row, so no table can serve every row).
 
 
 from __future__ import annotations
+
+from onnx import TensorProto
 
 from mpt_ref.modules.kind import Kind
 from onnx_export import _faithful
@@ -46,13 +50,20 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
     if spec.kind == Kind.LSTM_ENCODER:
         table = g.node("Unsqueeze", [g.weight("prompt_table", prompt_table(spec)), g.int_const("axis0", [0])],
                        "prompt_table_1")  # 1,T,D
-        num_rows, ok, sel = 1, peft_rows, g.int_const("row0", 0)
-    else:  # mpt
+        sel = redirect(g, g.int_const("row0", 0), peft_rows, 1, "row")  # B, not arange -> the NaN block
+        return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D
+    # mpt: when every row is PEFT's arange(T), one Gather of the task prompt table by task id; otherwise
+    # (decided at run time, one branch runs) the any-rows form Gather(E, indices) ⊙ Gather(P, t)
+    all_peft = g.node("Cast", [g.node("ReduceMin", [g.node("Cast", [peft_rows], "peft_rows_i64", to=TensorProto.INT64)],
+                                      "all_rows_peft_i64", keepdims=0)], "all_rows_peft", to=TensorProto.BOOL)
+
+    def table_lookup() -> str:
         table = g.weight("task_prompt_table", prompt_table(spec))  # K,T,D
         t = task_rows(g, task_ids, indices)  # B
-        num_rows, ok, sel = spec.K, g.node("And", [valid_ids(g, t, spec.K, "task_ids"), peft_rows], "row_ok"), t
-    sel = redirect(g, sel, ok, num_rows, "row")  # B, invalid -> the NaN block
-    return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D
+        t = redirect(g, t, valid_ids(g, t, spec.K, "task_ids"), spec.K, "row")  # B, invalid -> the NaN block
+        return g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_table"), t], "prompt_rows", axis=0)
+
+    return g.if_node(all_peft, table_lookup, lambda: _mpt_any_rows(g, spec, indices, task_ids), "prompt")
 
 
 def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
@@ -61,6 +72,11 @@ def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | N
         return _faithful.build(g, spec, indices, task_ids)
     if spec.kind != Kind.MPT:
         return build(g, spec, indices, task_ids)
+    return _mpt_any_rows(g, spec, indices, task_ids)
+
+
+def _mpt_any_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """out = Gather(E, indices) ⊙ Gather(P, t), P_k = C_k @ R_k in float64 rounded once; faithful id policy."""
     T, D, K = spec.T, spec.D, spec.K
     x = lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")  # B,T,D
     t = task_rows(g, task_ids, indices)  # B

@@ -7,7 +7,7 @@ IR 10, opset 21). onnxruntime has run both since 1.18 — the oldest version ``p
 so the files load in 1.31 and 1.32 alike (tests/test_onnx_export.py checks the stamps and the table).
 
 Operator versions this pins (every op the graphs use; tests/test_onnx_export.py checks the list):
-Add-14, And-7, Cast-21, Concat-13, Equal-19, Expand-13, Gather-13, GreaterOrEqual-16, Identity-21,
+Add-14, And-7, Cast-21, Concat-13, Equal-19, Expand-13, Gather-13, GreaterOrEqual-16, Identity-21, If-21,
 LSTM-14, Less-13, MatMul-13, Mul-14, Pad-21, ReduceMin-20, Relu-14, Reshape-21, Shape-21, Slice-13,
 Transpose-21, Unsqueeze-21, Where-16.
 """

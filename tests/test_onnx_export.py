@@ -257,8 +257,15 @@ def test_opset_doc_lists_every_operator_version_used():
     from onnx_export import opset
 
     documented = set(re.findall(r"\b([A-Z][A-Za-z]+)-(\d+)\b", opset.__doc__))
+    def ops(graph):  # the nodes of a graph and of its If branches
+        for n in graph.node:
+            yield n.op_type
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from ops(a.g)
+
     used = set()
     for kind in KINDS:
         for variant in VARIANTS:
-            used |= {n.op_type for n in export(make_module(kind), variant=variant).graph.node}
+            used |= set(ops(export(make_module(kind), variant=variant).graph))
     assert documented == {(op, str(defs.get_schema(op, OPSET).since_version)) for op in used}
