@@ -43,7 +43,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from hypothesis import Phase, given
+from hypothesis import Phase, example, given
 from hypothesis import seed as hseed
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -163,6 +163,9 @@ def assert_conforms(
     module: "prompt_embedding", "mpt", "mlp_encoder" or "lstm_encoder" (a ``Kind``). Calling convention:
     module doc. dtype: the port's dtype (float64, float32, or float16 for float16 storage with float32
     accumulation); params, dout and the expected output dtype follow it.
+    Besides the drawn cases, the fixed ``strategies.edge_examples`` (every size just past a common vector /
+    tile width) always run first, so a bug that only appears at such sizes is caught whatever a hypothesis
+    version or seed draws.
     settings: hypothesis settings to run under (default: the active profile, e.g. your conftest's);
     max_examples / shrink override just that (shrink=False reports the first failing case as found).
     limits: the sizes drawn (``strategies.SizeLimits``). dropout: also draw LSTM train-mode cases with
@@ -190,6 +193,8 @@ def assert_conforms(
                 + "\n  ".join(c.describe() for c in failed))
 
     test = given(case_strategy(kind, dtype, limits, dropout))(check)
+    for case in hs.edge_examples(kind, dtype, limits):  # always run: sizes past every vector / tile width
+        test = example(case)(test)
     test = run_settings(test)
     if seed is not None:
         test = hseed(seed)(test)

@@ -19,6 +19,7 @@ from mpt_ref.modules.config import (
     PromptTuningConfig,
     TaskType,
 )
+from mpt_ref.modules.kind import Kind
 
 # |values| <= 4 keeps products of three factors far from overflow in float32 and keeps finite-difference
 # rounding (~eps*|L|/h) well below the gradcheck tolerance; the math is polynomial, so no other bound.
@@ -414,3 +415,47 @@ def lstm_stack_cases(draw: st.DrawFn, dtype: Any = np.float64, max_layers: int =
               for key, shape in lstm_param_shapes(D, H, L).items()}
     x = draw(finite_arrays((B, T, D), dtype, ENCODER_MAX_ABS), label="x")
     return Case({"num_layers": L}, params, {"x": x}, draw(finite_arrays((B, T, 2 * H), dtype, ENCODER_MAX_ABS), label="dout"))
+
+
+# ================================================================================================
+# Fixed examples past every vector / tile width: assert_conforms always checks these (hypothesis'
+# explicit phase), whatever the random draws of a hypothesis version or seed reach.
+# ================================================================================================
+
+
+def edge_examples(kind: Any, dtype: Any = np.float64, limits: SizeLimits | None = None, seed: int = 0) -> list[Case]:
+    """One case per kind with every size just past a common SIMD / tile width — D = 17, H = 17, B = 9
+    (repeated, unsorted task ids), T == R = 5 for MPT — shrunk to fit ``limits``; values from
+    ``numpy.random.default_rng(seed)`` as ``seeded_arrays`` draws them."""
+    kind, limits, dtype = Kind.parse(kind), limits or SizeLimits(), np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+    uniform = lambda shape, bound: rng.uniform(-bound, bound, shape).astype(dtype)  # noqa: E731
+    D, H, T, B = (min(s, limits.max_dim) for s in (17, 17, 5, 9))
+    B = min(B, limits.max_batch)
+    if kind == Kind.MPT:
+        K, R = min(3, limits.max_tasks), T
+        B = max(1, min(B, limits.max_work // (T * D * R)))
+        config = MultitaskPromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=T, token_dim=D,
+                                             num_tasks=K, num_ranks=R)
+        params = {"prefix_task_cols": uniform((K, T, R), MAX_ABS), "prefix_task_rows": uniform((K, R, D), MAX_ABS),
+                  "embedding.weight": uniform((T, D), MAX_ABS)}
+        inputs = {"indices": rng.integers(0, T, (B, T)), "task_ids": np.arange(B)[::-1] % K}
+        return [Case(config, params, inputs, uniform((B, T, D), MAX_ABS))]
+    if kind == Kind.PROMPT_EMBEDDING:
+        B = max(1, min(B, limits.max_work // (T * D)))
+        config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=T, token_dim=D)
+        return [Case(config, {"embedding.weight": uniform((T, D), MAX_ABS)}, {"indices": rng.integers(0, T, (B, T))},
+                     uniform((B, T, D), MAX_ABS))]
+    lstm = kind == Kind.LSTM_ENCODER
+    L = min(2, limits.max_layers) if lstm else 2
+    if lstm:
+        D = min(D, 9)  # the LSTM's reference and bound loop over time in Python: keep the case quick
+        T = max(1, min(T, limits.max_steps // L))
+    work = T * H * (D + H) * (L if lstm else 1)
+    B = max(1, min(B, limits.max_work // work))
+    config = PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=T, token_dim=D, encoder_hidden_size=H,
+                                 encoder_reparameterization_type="LSTM" if lstm else "MLP", encoder_num_layers=L)
+    params = {key: uniform(shape, ENCODER_MAX_ABS / (np.sqrt(shape[1]) if len(shape) == 2 and key != "embedding.weight"
+                                                     else 1.0))
+              for key, shape in encoder_param_shapes(config).items()}
+    return [Case(config, params, {"indices": rng.integers(0, T, (B, T))}, uniform((B, T, D), MAX_ABS))]
