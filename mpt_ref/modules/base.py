@@ -28,7 +28,7 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._types import Params
-from mpt_ref._version import PEFT_VERSION, __version__
+from mpt_ref._version import PEFT_VERSION
 from mpt_ref.errors import CheckpointError, ConfigError, shown
 from mpt_ref.io.adapter_files import (
     CONFIG_NAME,
@@ -37,11 +37,11 @@ from mpt_ref.io.adapter_files import (
     write_adapter_files,
 )
 from mpt_ref.io.checkpoint import safetensors_bytes
+from mpt_ref.modules.model_card import MODEL_CARD_NAME, model_card
 
 # task types whose PEFT model saves a head of the base model with the adapter (PEFT's modules_to_save)
 HEAD_TASK_TYPES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"],
                    "QUESTION_ANS": ["qa_outputs"]}
-MODEL_CARD_NAME = "README.md"  # PEFT's save_pretrained writes a model card there too
 
 # load_peft_adapter, registered by mpt_ref.interop.adapter (the layer above, which knows every class)
 # so that ``Cls.from_pretrained`` works without this layer importing upward.
@@ -51,40 +51,6 @@ _ADAPTER_LOADER: Callable[..., Any] | None = None
 def register_adapter_loader(loader: Callable[..., Any]) -> None:
     global _ADAPTER_LOADER
     _ADAPTER_LOADER = loader
-
-
-def model_card(config: Any) -> str:
-    """A short model card (PEFT writes one with ``library_name: peft``): what the adapter is and how to load it."""
-    d = config.to_dict()
-    peft_type = str(d.get("peft_type"))
-    tags = ["peft", "mpt-ref", peft_type.lower().replace("_", "-")]
-    front = ["---", "library_name: peft", "tags:"] + [f"- {t}" for t in tags]
-    if d.get("base_model_name_or_path"):
-        front.append(f"base_model: {d['base_model_name_or_path']}")
-    front.append("---")
-    shown = ("peft_type", "task_type", "num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_tasks",
-             "num_ranks", "encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers")
-    fields = [f"- `{k}`: {d[k]}" for k in shown if d.get(k) is not None]
-    return "\n".join(front + [
-        "",
-        f"# {peft_type} adapter",
-        "",
-        f"A PEFT prompt-learning adapter written by mpt-ref {__version__} (the NumPy reference implementation of "
-        f"PEFT's prompt modules) in the format of PEFT {PEFT_VERSION}.",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "model = PeftModel.from_pretrained(base_model, \"<this directory>\")",
-        "```",
-        "",
-        *fields,
-        "",
-        "### Framework versions",
-        "",
-        f"- PEFT {PEFT_VERSION}",
-        f"- mpt-ref {__version__}",
-        "",
-    ])
 
 
 class LoadResult(NamedTuple):
