@@ -30,12 +30,15 @@ def pickle_of_tensor_dict() -> bytes:
 
 
 def torch_zip(pkl: bytes, storages: dict[str, bytes] | None = None, root: str = "archive",
-              extra: dict[str, bytes] | None = None) -> bytes:
+              extra: dict[str, bytes] | None = None, *, version: bytes | None = b"3\n",
+              compression: int = zipfile.ZIP_STORED) -> bytes:
+    """A torch zip checkpoint as torch.save writes it; ``version=None`` leaves the version record out."""
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
+    with zipfile.ZipFile(buf, "w", compression=compression) as zf:
         zf.writestr(f"{root}/data.pkl", pkl)
         zf.writestr(f"{root}/byteorder", b"little")
-        zf.writestr(f"{root}/version", b"3\n")
+        if version is not None:
+            zf.writestr(f"{root}/version", version)
         for key, data in (storages if storages is not None else {"0": struct.pack("<4f", 1, 2, 3, 4)}).items():
             zf.writestr(f"{root}/data/{key}", data)
         for name, data in (extra or {}).items():
@@ -237,14 +240,8 @@ def test_duplicate_member_names_are_refused(tmp_path):
 
 @pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA])
 def test_compressed_members_are_refused_before_decompression(tmp_path, method):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=method) as zf:
-        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
-        zf.writestr("archive/version", b"3\n")
-        zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
-    blob = bytearray(buf.getvalue())
     with pytest.raises(mpt_ref.CheckpointError, match="stored"):
-        read_torch_checkpoint(write(tmp_path, bytes(blob)))
+        read_torch_checkpoint(write(tmp_path, torch_zip(pickle_of_tensor_dict(), compression=method)))
 
 
 def test_encrypted_members_are_refused(tmp_path):
@@ -259,12 +256,8 @@ def test_encrypted_members_are_refused(tmp_path):
 
 
 def test_a_missing_version_record_is_refused_as_torch_does(tmp_path):
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
-        zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
     with pytest.raises(mpt_ref.CheckpointError, match="version"):
-        read_torch_checkpoint(write(tmp_path, buf.getvalue()))
+        read_torch_checkpoint(write(tmp_path, torch_zip(pickle_of_tensor_dict(), version=None)))
 
 
 @pytest.mark.parametrize("pkl, match", [
@@ -366,13 +359,7 @@ def test_zip_structure_torch_reads_differently_is_refused(tmp_path):
     ("archive/version", b"0\n", "format version"),
 ], ids=["alignment", "serialization-id", "version-0"])
 def test_records_torch_parses_are_checked(tmp_path, member, data, match):
-    archive = torch_zip(pickle_of_tensor_dict(), extra={member: data}) if member != "archive/version" else None
-    if archive is None:
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
-            zf.writestr("archive/version", data)
-            zf.writestr("archive/data/0", struct.pack("<4f", 1, 2, 3, 4))
-        archive = buf.getvalue()
+    record = {"version": data} if member == "archive/version" else {"extra": {member: data}}
+    archive = torch_zip(pickle_of_tensor_dict(), **record)
     with pytest.raises(mpt_ref.CheckpointError, match=match):
         read_torch_checkpoint(write(tmp_path, archive))
