@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from mpt_ref.errors import OutputExistsError
+from mpt_ref.errors import InputError, OutputExistsError
 from mpt_ref.io.atomic import atomic_write_bytes
 
 STDOUT = "-"
@@ -94,3 +94,14 @@ def kind_arg(text: str) -> Any:
         return Kind.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def provider_list(text: str) -> list[str]:
+    """--providers: a comma-separated list of onnx_export.runtimes.PROVIDERS, refused as a whole otherwise."""
+    from onnx_export.runtimes import PROVIDERS
+
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in PROVIDERS]
+    if not names or bad:
+        raise InputError(f"--providers: expected a comma-separated list of {list(PROVIDERS)}, got {text!r}")
+    return names

@@ -27,6 +27,7 @@ from mpt_ref.cli._args import (
     kind_arg,
     load_onnx_model,
     positive_int,
+    provider_list,
     refuse_existing,
     report_stream,
     seed_int,
@@ -58,14 +59,6 @@ def module_from_args(args: argparse.Namespace) -> Any:
     return build_module(args.config, args.checkpoint, args.kind, args.seed)
 
 
-def _providers(text: str) -> list[str]:
-    names = [p.strip() for p in text.split(",") if p.strip()]
-    bad = [p for p in names if p not in PROVIDERS]
-    if not names or bad:
-        raise InputError(f"--providers: expected a comma-separated list of {list(PROVIDERS)}, got {text!r}")
-    return names
-
-
 def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("adapter", nargs="?", metavar="ADAPTER_DIR",
                    help="a PEFT adapter directory (adapter_config.json + adapter_model.safetensors/.bin)")
@@ -90,7 +83,7 @@ def _report(model: Any, module: Any, providers: list[str], args: argparse.Namesp
 
 
 def _export(args: argparse.Namespace) -> int:
-    providers = _providers(args.providers)  # refuse a bad list, or an existing output, before any work or write
+    providers = provider_list(args.providers)  # refuse a bad list, or an existing output, before any work or write
     if args.format == "onnx":  # the serving formats write into directories and check their own files
         refuse_existing("--output", args.output, args.force)
     module = module_from_args(args)
@@ -103,7 +96,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _parity(args: argparse.Namespace) -> int:
-    providers = _providers(args.providers)
+    providers = provider_list(args.providers)
     refuse_existing("--json", args.json, args.force)
     model = load_onnx_model("model", args.model)
     module = module_from_args(args)

@@ -10,6 +10,7 @@ from mpt_ref.cli._args import (
     kind_arg,
     load_onnx_model,
     positive_int,
+    provider_list,
     refuse_existing,
     report_stream,
 )
@@ -31,10 +32,10 @@ def _verify(args: argparse.Namespace) -> int:
     refuse_existing("--junit-xml", args.junit_xml, args.force)
     out = report_stream(args)
     if args.onnx:
+        providers = provider_list(args.providers)
         load_onnx_model("--onnx", args.onnx)  # a missing or non-ONNX file: exit 2 naming the option
         from onnx_export.foreign import verify_onnx
 
-        providers = [p.strip() for p in args.providers.split(",") if p.strip()]
         result = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
         print(result.format(), file=out)
         report.write_reports(result.comparisons, result.verdict_line(), json_path=args.json,
