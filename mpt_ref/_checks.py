@@ -74,7 +74,7 @@ def int_array(name: str, x: Any, *, ndim: int) -> np.ndarray:
         arr = np.asarray(x)
     except (ValueError, TypeError, OverflowError) as exc:
         raise InputError(f"{name}: expected a rectangular integer array, got {type(x).__name__} that NumPy "
-                         f"cannot convert ({str(exc)[:120]})") from None
+                         f"cannot convert ({shown(exc, 120)})") from None
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iu":
         raise InputTypeError(f"{name}: expected an integer dtype, got {_describe(arr)}")
     if arr.ndim != ndim:

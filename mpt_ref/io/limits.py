@@ -34,7 +34,7 @@ def short(value: Any) -> str:
 def exc_text(exc: BaseException) -> str:
     """``TypeName: first message line`` of an exception, bounded; never ``str()`` of attacker objects."""
     arg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
-    return f"{type(exc).__name__}: {arg[:160]}" if arg else type(exc).__name__
+    return f"{type(exc).__name__}: {shown(arg, 160)}" if arg else type(exc).__name__
 
 
 def read_regular_file(path: str | os.PathLike, max_bytes: int, error: Callable[[str], Exception],

@@ -58,7 +58,7 @@ class _Frozen:
     __slots__ = ()
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise CheckpointError(f"pickle: expected no attribute writes on {type(self).__name__}, got {name[:40]!r}")
+        raise CheckpointError(f"pickle: expected no attribute writes on {type(self).__name__}, got {shown(name, 40)!r}")
 
     def __setstate__(self, state: Any) -> None:
         raise CheckpointError(f"pickle: expected BUILD only on an OrderedDict, got {type(self).__name__}")
@@ -194,8 +194,8 @@ class _Unpickler(pickle._Unpickler):  # type: ignore[name-defined]
         key = (module, name)
         if type(module) is str and type(name) is str and key in self._globals:
             return self._globals[key]
-        raise CheckpointError(f"pickle: expected only tensor-rebuilding globals, got {short(module)[:80]}."
-                              f"{short(name)[:80]} (refused, never called)".replace("'", ""))
+        raise CheckpointError(f"pickle: expected only tensor-rebuilding globals, got {shown(short(module), 80)}."
+                              f"{shown(short(name), 80)} (refused, never called)".replace("'", ""))
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (type(pid) is tuple and len(pid) == 5 and type(pid[0]) is str and pid[0] == "storage"
@@ -427,7 +427,7 @@ def _read_archive(zf: zipfile.ZipFile, path: str, max_bytes: int) -> dict[str, n
         raise CheckpointError(f"{path}: expected a {shown(root)}/version record (torch.load requires one), got none")
     text = member(version[len(root) + 1:], 32)
     if not re.fullmatch(rb"[0-9]{1,3}\n?", text) or not 1 <= int(text) <= 20:
-        raise CheckpointError(f"{path}: expected a format version 1..20, got {text[:32]!r}")
+        raise CheckpointError(f"{path}: expected a format version 1..20, got {shown(text, 32)!r}")
     if f"{root}/.storage_alignment" in infos:  # torch.load parses it with int()
         try:
             int(member(".storage_alignment", 32))
