@@ -221,3 +221,16 @@ def test_fifo_inputs_of_verify_and_parity_are_refused_not_read(tmp_path, capsys)
     os.mkfifo(cand / "output.safetensors")
     assert main(["verify", "--candidate", str(tmp_path / "cand"), "--module", "prompt_embedding"]) == 2
     assert "FIFO" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["[1]", "[" * 100_000, '{"format": "mpt-ref-vectors/2"}', "\xff"])
+def test_a_malformed_vectors_index_is_one_checkpoint_error(tmp_path, text, capsys):
+    """read_index let a JSON list (AttributeError) or deep nesting (RecursionError) escape; it is now the
+    one reader of index.json, also for vectors --force's check."""
+    (tmp_path / "index.json").write_bytes(text.encode("utf-8", "surrogateescape") if text != "\xff" else b"\xff")
+    with pytest.raises(mpt_ref.CheckpointError, match="index.json: expected"):
+        vec.read_index(tmp_path)
+    cand = tmp_path / "cand" / "pt_basic"
+    cand.mkdir(parents=True)
+    assert main(["verify", "--vectors", str(tmp_path), "--candidate", str(cand.parent)]) == 2
+    assert "Traceback" not in capsys.readouterr().err

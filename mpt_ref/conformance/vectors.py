@@ -37,9 +37,9 @@ from safetensors.numpy import load, save
 from mpt_ref._version import SPEC_VERSION
 from mpt_ref.conformance.cases import CASES, CaseSpec, run_reference, source_tensors
 from mpt_ref.conformance.errors import ERROR_CASES
-from mpt_ref.errors import CheckpointError, OutputExistsError
+from mpt_ref.errors import CheckpointError, OutputExistsError, shown
 from mpt_ref.io.atomic import atomic_write_directory
-from mpt_ref.io.limits import MAX_BYTES, read_regular_file
+from mpt_ref.io.limits import MAX_BYTES, exc_text, read_regular_file
 from mpt_ref.tolerances import VECTORS, Tol
 
 FORMAT = "mpt-ref-vectors/2"
@@ -177,14 +177,10 @@ def check_vectors_folder(out_dir: Path) -> None:
         return
     refuse = f"{out_dir}: expected a vectors folder written by mpt-ref (index.json with format {FORMAT}), got "
     try:
-        raw = read_regular_file(out_dir / "index.json", MAX_INDEX_BYTES, OutputExistsError, "index.json")  # no FIFO hang
-        index = json.loads(raw.decode("utf-8"))
-        ok = isinstance(index, dict) and index.get("format") == FORMAT and isinstance(index.get("cases"), dict)
-    except (OSError, ValueError, RecursionError):  # OutputExistsError is an OSError: not a vectors folder
-        ok = False
-    if not ok:
+        index = read_index(out_dir)  # a regular file of this format with a cases mapping (no FIFO hang)
+    except CheckpointError:
         raise OutputExistsError(refuse + f"a directory holding {entries[:5]}{' ...' if len(entries) > 5 else ''} "
-                                "(not replaced; remove it yourself or choose another directory)")
+                                "(not replaced; remove it yourself or choose another directory)") from None
     known = {"index.json", "errors.json", "README.md", *index["cases"]}
     foreign = [e for e in entries if e not in known]
     if foreign:
@@ -202,13 +198,18 @@ class VectorCase(NamedTuple):
 
 
 def read_index(vectors_dir: str | Path) -> dict:
+    """The index.json of a vectors folder: a regular file (no FIFO hang) holding a JSON object of this
+    FORMAT with a "cases" mapping; anything else is a CheckpointError."""
     path = Path(vectors_dir) / "index.json"
     try:
         index = json.loads(read_regular_file(path, MAX_INDEX_BYTES, CheckpointError, "vectors index.json"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: expected a vectors index.json, got {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # JSON, UTF-8, or nesting deeper than Python's json reads
+        raise CheckpointError(f"{path}: expected a vectors index.json, got {exc_text(exc)}") from None
+    if not isinstance(index, dict) or not isinstance(index.get("cases"), dict):
+        got = "an object without one" if isinstance(index, dict) else f"a JSON {type(index).__name__}"
+        raise CheckpointError(f'{path}: expected a JSON object with a "cases" mapping, got {got}')
     if index.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: expected format {FORMAT!r}, got {index.get('format')!r}; "
+        raise CheckpointError(f"{path}: expected format {FORMAT!r}, got {shown(index.get('format'))!r}; "
                               "regenerate with `mpt-ref vectors DIR --force`")
     return index
 
