@@ -222,78 +222,9 @@ def test_forward_backward_equals_forward_then_backward(case):
         np.testing.assert_array_equal(grads[k], g)
 
 
-@given(hs.mpt_cases(dtype=np.float32))
-def test_fast_forward_and_scatter_are_bitwise_the_per_row_definition(case):
-    """The chunked in-place forward and the id-grouped dE keep the plain definition's operations:
-    out[b] = E[idx[b]] * P[t_b] elementwise, and dE[j] = the sum of (dout ⊙ P[t])'s rows at the
-    positions of id j, in position order (one NumPy sum per id). So they agree bit for bit with it
-    (same P); with a sequential np.add.at within tolerance (NumPy sums a (n, 1) column pairwise).
-    (Shared rows reduce dout per task first: another order, covered by the per-row tests.)"""
-    idx, task_ids = case.inputs["indices"], case.inputs["task_ids"]
-    out, cache = mpt_forward(case.params, idx, task_ids)
-    E = case.params["embedding.weight"]
-    P = cache.task_prompts[cache.inverse]  # B,T,D
-    np.testing.assert_array_equal(out, E[idx] * P)
-    if cache.x is not None:
-        return
-    terms = (case.dout * P).reshape(-1, E.shape[1])  # B*T,D  dout ⊙ P[t] per position
-    flat = idx.reshape(-1)
-    dE = np.stack([terms[flat == j].sum(axis=0) for j in range(E.shape[0])])  # T,D  (empty sum: 0)
-    got = mpt_backward(case.dout, cache)["embedding.weight"]
-    np.testing.assert_array_equal(got, dE)
-    sequential = np.zeros_like(E)
-    np.add.at(sequential, flat, terms)
-    scale = float(np.abs(terms).sum(axis=0).max(initial=0.0)) + 1.0
-    assert_close("dE vs np.add.at", got, sequential, tol.Tol(tol.REORDER_F32.rtol, tol.REORDER_F32.atol * scale, "scaled"))
-
-
-def test_fast_paths_chunked_and_mixed_tasks_equal_per_row_definition():
-    """Sizes where a batch chunk holds several rows of several tasks (T·D small), and where one row is
-    a chunk (T·D large), for distinct and shared index rows."""
-    rng = np.random.default_rng(3)
-    for B, T, D, K, shared in [(300, 4, 8, 3, False), (300, 4, 8, 3, True), (5, 9, 40000, 2, False)]:
-        params = {"prefix_task_cols": rng.standard_normal((K, T, 2)), "prefix_task_rows": rng.standard_normal((K, 2, D)),
-                  "embedding.weight": rng.standard_normal((T, D))}
-        idx = np.tile(np.arange(T), (B, 1)) if shared else rng.integers(0, T, (B, T))
-        tasks = rng.integers(0, K, B)
-        dout = rng.standard_normal((B, T, D))
-        out, cache = mpt_forward(params, idx, tasks)
-        want_out, want_backward = per_row_oracle(params, idx, tasks)
-        assert_close("out", out, want_out, tol.REORDER_F64)
-        assert_grads_close("grads", mpt_backward(dout, cache), want_backward(dout), tol.REORDER_F64)
-
-
 def test_core_refuses_out_of_range_ids_instead_of_clipping():
     params = {"prefix_task_cols": np.ones((1, 2, 1)), "prefix_task_rows": np.ones((1, 1, 3)),
               "embedding.weight": np.ones((2, 3))}
     for bad in ([[0, 2]], [[-1, 0]]):
         with pytest.raises(mpt_ref.InputError, match="indices"):
             mpt_forward(params, np.array(bad), np.array([0]))
-
-
-def test_thread_pool_gives_the_same_bits_for_any_thread_count():
-    """The pooled work (forward chunks, id groups of the scatter-add) keeps each output's arithmetic:
-    1, 2 and 3 threads agree bit for bit, in float32 and float64, for chunked and one-row chunks."""
-    from mpt_ref.core import parallel
-
-    rng = np.random.default_rng(5)
-    try:
-        for B, T, D, dtype in [(64, 5, 7, np.float32), (6, 7, 50000, np.float64)]:
-            params = {"prefix_task_cols": rng.standard_normal((3, T, 2)).astype(dtype),
-                      "prefix_task_rows": rng.standard_normal((3, 2, D)).astype(dtype),
-                      "embedding.weight": rng.standard_normal((T, D)).astype(dtype)}
-            idx, tasks = rng.integers(0, T, (B, T)), rng.integers(0, 3, B)
-            dout = rng.standard_normal((B, T, D)).astype(dtype)
-            results = []
-            for n in (1, 2, 3):
-                parallel.set_threads(n)
-                out, cache = mpt_forward(params, idx, tasks)
-                results.append((out, mpt_backward(dout, cache)))
-            for out, grads in results[1:]:
-                np.testing.assert_array_equal(out, results[0][0])
-                for k in grads:
-                    np.testing.assert_array_equal(grads[k], results[0][1][k])
-    finally:
-        parallel.set_threads(1)
-    with pytest.raises(mpt_ref.InputError, match="threads"):
-        parallel.set_threads(0)

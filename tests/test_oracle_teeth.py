@@ -83,7 +83,7 @@ def overwriting_mpt_backward(params, dout, indices, task_ids, config):
     grads = mpt_backward(dout, cache)
     D = dout.shape[-1]
     x_rows = params["embedding.weight"][indices]  # B,T,D
-    dx = dout * cache.task_prompts[cache.inverse]
+    dx = dout * cache.P[cache.t]
     dE = np.zeros_like(params["embedding.weight"])
     dE[indices.reshape(-1)] = dx.reshape(-1, D)  # BUG: = instead of +=
     dC = np.zeros_like(params["prefix_task_cols"])

@@ -93,7 +93,7 @@ def test_train_mode_backward_with_masks_matches_central_differences(case):
 
 @given(encoder_cases(), st.booleans())
 def test_class_fast_path_equals_plain_functional_core(case, repeat_rows):
-    """Eval mode computes each distinct input once (encoder_dedup.py); it must equal the plain core."""
+    """Eval mode computes each distinct input once (kernels/encoder.py); it must equal the plain core."""
     module = module_for(case)
     idx = case.inputs["indices"]
     if repeat_rows:  # PEFT's case: every row the same, so the LSTM runs once for the whole batch

@@ -1,41 +1,36 @@
-"""Prompt embedding lookup: out = E[indices]. Math: spec/embedding.md.
+"""Prompt embedding, the fast path: the same signatures as mpt_ref/core/embedding.py (the plain
+statement of spec/embedding.md). The modules run this one.
 
-Shape letters: B batch, T' looked-up positions, T embedding rows (total virtual tokens), D token_dim,
-N = B·T' looked-up rows in all.
+The forward is the core's row gather. The backward groups the positions by id once (integers only,
+chunks.id_chunks), then each chunk of whole id groups gathers its rows of dout (~1 MiB) and each id
+sums its slice in position order: one read of dout, no sorted copy of all of it, a loop over the
+distinct ids (at most T), none over the batch. (np.add.at, the core's statement, computes the same
+sums 7-25x slower, measured at B32 T100 D4096.)
+
+What must stay true (tests/test_kernels.py pins both against mpt_ref.core.embedding on hypothesis
+cases, at chunk boundaries and for 1-3 threads):
+- each id's rows are summed in position order, so dE equals np.add.at's bit for bit when D > 1
+  (NumPy adds the rows one by one); when D = 1 NumPy sums the single column pairwise, another order
+  of the same sum (within REORDER_* tolerances);
+- any thread count gives the same bits (one output row per id).
+
+Shape letters: B batch, T' looked-up positions, T embedding rows, D token_dim, N = B·T' positions.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 
-from mpt_ref._types import Array, IntArray
-from mpt_ref.core.chunks import id_chunks
-from mpt_ref.core.parallel import for_each
+from mpt_ref._types import Array
+from mpt_ref.core.embedding import EmbeddingCache, embedding_forward
+from mpt_ref.kernels.chunks import id_chunks
+from mpt_ref.kernels.parallel import for_each
 
-
-class EmbeddingCache(NamedTuple):
-    indices: IntArray  # B,T'   values in [0, T)
-    num_rows: int      # T      rows of the embedding table
-
-
-def embedding_forward(weight: Array, indices: IntArray) -> tuple[Array, EmbeddingCache]:
-    """Row gather. weight (T,D), indices (B,T') -> out (B,T',D)."""
-    out = weight[indices]  # B,T',D
-    return out, EmbeddingCache(indices, weight.shape[0])
+__all__ = ["EmbeddingCache", "embedding_backward", "embedding_forward", "sum_id_groups"]
 
 
 def embedding_backward(dout: Array, cache: EmbeddingCache) -> Array:
-    """Scatter-add: dweight[j] = sum of dout over the positions where indices == j. -> (T,D).
-
-    Positions are grouped by id once (integers only, chunks.id_chunks), then each chunk of whole id
-    groups gathers its rows of dout (~1 MiB) and each id sums its slice in position order: one read
-    of dout, no sorted copy of all of it, a loop over the distinct ids (at most T), none over the
-    batch. (np.add.at and np.add.reduceat(axis=0) compute the same sums 7-25x slower, measured at
-    B32 T100 D4096.) Each id's rows are summed in position order by one NumPy sum, for any thread
-    count (NumPy adds the rows one by one when D > 1, pairwise along a single column when D = 1).
-    """
+    """dout (B,T',D) -> dE (T,D): dE[j] = Σ of dout over the positions where indices == j."""
     D = dout.shape[-1]
     rows = dout.reshape(-1, D)  # N,D
     dweight = np.zeros((cache.num_rows, D), dtype=dout.dtype)  # T,D

@@ -1,4 +1,5 @@
-"""Multitask prompt: shared prompt ⊙ low-rank task matrix. Math: spec/mpt.md.
+"""Multitask prompt, the fast path: the same signatures as mpt_ref/core/mpt.py (the plain statement of
+spec/mpt.md), tuned for memory and speed. The modules run this one.
 
     out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b]),   t_b = task_ids[b]  (or task_ids[0] when len 1)
 
@@ -13,7 +14,15 @@ and the backward gathers one chunk of E[indices] at a time again. dE is summed p
 dout and P (no dout ⊙ P array). When every row of indices is the same (PEFT feeds arange(T)), dout
 is first reduced per task and everything else is (U,T,D).
 
-tests/test_mpt.py checks all of this against the per-row definition (spec/mpt.md).
+What must stay true (tests/test_kernels.py pins each against mpt_ref.core.mpt on hypothesis cases and at
+the sizes where the branches switch: shared rows or not, one or several tasks per chunk, one row per
+chunk, 1-3 threads):
+- the forward is bit for bit the plain one (same products E[indices[b]] * P[t_b], same P per task);
+- dE sums, per id, the rows dout ⊙ P in position order (the plain np.add.at's order) except with
+  shared rows, where dout is summed per task first; dC, dR sum dP per task in chunks: both are
+  another order of the same sums, so they agree within the error model (REORDER_* tolerances);
+- any thread count gives the same bits (items write disjoint outputs);
+- no (B,T,D) temporary besides the output and dout (spec/performance.md).
 """
 
 from __future__ import annotations
@@ -23,10 +32,10 @@ from typing import NamedTuple
 import numpy as np
 
 from mpt_ref._types import Array, IntArray, Params
-from mpt_ref.core.chunks import batch_chunks, id_chunks, row_chunks
-from mpt_ref.core.embedding import sum_id_groups
-from mpt_ref.core.parallel import for_each
-from mpt_ref.errors import InputError
+from mpt_ref.core.mpt import check_ids
+from mpt_ref.kernels.chunks import batch_chunks, id_chunks, row_chunks
+from mpt_ref.kernels.embedding import sum_id_groups
+from mpt_ref.kernels.parallel import for_each
 
 
 class MptCache(NamedTuple):
@@ -38,13 +47,6 @@ class MptCache(NamedTuple):
     task_prompts: Array     # U,T,D   C[u] @ R[u]
     cols: Array             # K,T,R
     rows: Array             # K,R,D
-
-
-def _check_ids(indices: IntArray, num_rows: int) -> None:
-    """The gathers below use mode="clip" (unbuffered into the output); an id outside [0, T) must
-    raise instead of being clipped. The classes validate earlier with the full message grammar."""
-    if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= num_rows):
-        raise InputError(f"indices: expected values in [0, {num_rows}), got min {indices.min()}, max {indices.max()}")
 
 
 def _chunk_prompts(task_prompts: Array, inverse: IntArray, sl: slice) -> Array:
@@ -77,7 +79,7 @@ def _sum_per_task(dout: Array, gather: tuple[Array, IntArray] | None, inverse: I
 def mpt_cache(params: Params, indices: IntArray, task_ids: IntArray) -> MptCache:
     """Everything mpt_backward needs, without forming the (B,T,D) output."""
     cols, rows, weight = params["prefix_task_cols"], params["prefix_task_rows"], params["embedding.weight"]
-    _check_ids(indices, weight.shape[0])
+    check_ids(indices, weight.shape[0])  # the gathers below clip
     B = indices.shape[0]
     shared = B > 0 and bool((indices == indices[:1]).all())
     x = weight[indices[:1]] if shared else None  # 1,T,D
@@ -103,7 +105,7 @@ def mpt_forward(params: Params, indices: IntArray, task_ids: IntArray) -> tuple[
     out = np.empty((B, T, D), dtype=np.result_type(cache.weight, task_prompts))  # B,T,D
 
     def chunk(sl: slice) -> None:  # disjoint rows of out: any thread count gives the same bits
-        np.take(cache.weight, indices[sl], axis=0, out=out[sl], mode="clip")  # c,T,D  (ids checked in mpt_cache)
+        np.take(cache.weight, indices[sl], axis=0, out=out[sl], mode="clip")  # c,T,D  (ids checked in mpt_cache: clipping never changes one)
         out[sl] *= _chunk_prompts(task_prompts, inverse, sl)  # c,T,D  in place
 
     for_each(chunk, batch_chunks(B, T * D))

@@ -1,4 +1,5 @@
-"""``MultitaskPromptEmbedding``: PEFT's MPT module over the functional core in mpt.py."""
+"""``MultitaskPromptEmbedding``: PEFT's MPT module over the fast path kernels/mpt.py (plain statement:
+core/mpt.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._types import Array, Params
-from mpt_ref.core.mpt import MptCache, mpt_backward, mpt_cache, mpt_forward
+from mpt_ref.kernels.mpt import MptCache, mpt_backward, mpt_cache, mpt_forward
 from mpt_ref.io.adapter_files import TABLE_KEY
 from mpt_ref.modules.config import SOURCE_INITS, MultitaskPromptTuningConfig
 from mpt_ref.modules.init import (

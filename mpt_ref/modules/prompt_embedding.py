@@ -1,4 +1,5 @@
-"""``PromptEmbedding``: PEFT's prompt-tuning module over the functional core in embedding.py."""
+"""``PromptEmbedding``: PEFT's prompt-tuning module over the fast path kernels/embedding.py
+(plain statement: core/embedding.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._types import Array, Params
-from mpt_ref.core.embedding import EmbeddingCache, embedding_backward, embedding_forward
+from mpt_ref.kernels.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from mpt_ref.modules.config import PromptTuningConfig
 from mpt_ref.modules.prompt_table import PromptTableModule
 

@@ -1,5 +1,5 @@
 """``PromptEncoder``: PEFT's P-tuning prompt encoder (MLP or bidirectional LSTM reparameterization)
-over the functional core in core/encoder.py (math: spec/mlp.md, spec/lstm.md).
+over the fast path kernels/encoder.py (plain statement: core/encoder.py; math: spec/mlp.md, spec/lstm.md).
 
 The class validates its inputs once, owns the parameters under PEFT's state_dict keys, the train/eval
 flag and the dropout random generator. Shape letters as in core/encoder.py.
@@ -15,17 +15,12 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._types import Array, Params
-from mpt_ref.core.embedding import EmbeddingCache, embedding_backward, embedding_forward
-from mpt_ref.core.encoder import (
-    EncoderCache,
-    prompt_encoder_backward,
-    prompt_encoder_forward,
-)
-from mpt_ref.core.encoder_dedup import dedup_backward, dedup_forward
 from mpt_ref.core.lstm_stack import init_lstm_stack
 from mpt_ref.core.mlp_head import init_mlp_head
 from mpt_ref.errors import ConfigError, InputTypeError
 from mpt_ref.io.adapter_files import ENCODER_NAME, TABLE_KEY
+from mpt_ref.kernels.embedding import EmbeddingCache, embedding_backward, embedding_forward
+from mpt_ref.kernels.encoder import prompt_encoder_backward, prompt_encoder_forward
 from mpt_ref.io.checkpoint import safetensors_bytes
 from mpt_ref.modules.base import Module
 from mpt_ref.modules.config import PromptEncoderConfig
@@ -147,18 +142,14 @@ class PromptEncoder(Module):
         ids, scales = prepared
         if self.inference_mode:
             return embedding_forward(self._params["embedding.weight"], ids)
-        if scales is None and ids.size:  # no per-row dropout: compute each distinct input once
-            return dedup_forward(self._params, ids, encoder_type=self.encoder_type, num_layers=self.num_layers)
-        return prompt_encoder_forward(
+        return prompt_encoder_forward(  # without dropout: each distinct input once (kernels/encoder.py)
             self._params, ids, encoder_type=self.encoder_type, num_layers=self.num_layers, dropout_scales=scales
         )
 
     def _backward_core(self, dout: Array, cache: Any) -> Params:
         if isinstance(cache, EmbeddingCache):
             return {"embedding.weight": embedding_backward(dout, cache)}
-        if isinstance(cache, EncoderCache):
-            return prompt_encoder_backward(dout, cache)
-        return dedup_backward(dout, cache)
+        return prompt_encoder_backward(dout, cache)
 
     def forward(self, indices: Any, *, dropout_masks: Sequence[Any] | None = None) -> Array:
         """indices (B, T') in [0, T) -> (B, T', D). PEFT always passes arange(T) rows."""

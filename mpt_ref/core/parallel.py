@@ -1,0 +1,5 @@
+"""Moved to mpt_ref.kernels.parallel (the fast paths' layer); this old path gives that module itself."""
+
+from mpt_ref._moved import alias
+
+alias(__name__, "mpt_ref.kernels.parallel")
