@@ -1,9 +1,10 @@
 """The small base shared by the PEFT-like classes: a flat params dict under PEFT keys, state dicts, and
-the one body of ``forward`` / ``backward`` / ``forward_backward`` every class uses.
+the one body of ``forward`` / ``backward`` / ``forward_backward`` every class uses. (The PEFT adapter
+files: modules/peft_files.py.)
 
-Each class supplies four hooks: ``_prepare(*inputs, draw=..., **kw)`` (validate, return the validated
-inputs as a tuple), ``_forward_core(prepared) -> (out, cache)``, ``_cache_core(prepared) -> cache``
-(default: the forward's cache) and ``_backward_core(dout, cache) -> grads``, plus ``_out_shape``.
+Each class supplies hooks: ``_prepare(*inputs, draw=..., **kw)`` (validate, return the validated inputs
+as a ``Prepared``), ``_forward_core(prepared) -> (out, cache)``, ``_cache_core(prepared) -> cache``
+(default: the forward's cache) and ``_backward_core(dout, cache) -> grads``.
 
 The two-call path. ``backward(dout, inputs)`` is stateless: its result is the gradient at the current
 parameters for those inputs, whatever was called before. To not pay a second forward after
@@ -14,43 +15,31 @@ computation:
   copies, so a caller mutating its arrays in place in between is seen), and
 - the parameters are the ones the forward read: parameter arrays are read-only (an in-place write
   raises ``ValueError``), the only writers are ``load_state_dict`` and ``set_parameters``, and both bump
-  ``_version``, which the saved cache is stamped with.
+  ``_version``, which the saved cache is stamped with (the check itself: kernels/reuse.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
 from mpt_ref import _checks
-from mpt_ref._types import Params
-from mpt_ref._version import PEFT_VERSION
-from mpt_ref.errors import CheckpointError, ConfigError, shown
-from mpt_ref.io.adapter_files import (
-    CONFIG_NAME,
-    TABLE_KEY,
-    WEIGHTS_NAME,
-    write_adapter_files,
-)
-from mpt_ref.io.checkpoint import safetensors_bytes
-from mpt_ref.modules.model_card import MODEL_CARD_NAME, model_card
+from mpt_ref._types import Array, IntArray, Params
+from mpt_ref.errors import CheckpointError, shown
+from mpt_ref.kernels.reuse import LastForward, owned
+from mpt_ref.modules.peft_files import HEAD_TASK_TYPES, PeftFiles, register_adapter_loader
 
-# task types whose PEFT model saves a head of the base model with the adapter (PEFT's modules_to_save)
-HEAD_TASK_TYPES = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"],
-                   "QUESTION_ANS": ["qa_outputs"]}
-
-# load_peft_adapter, registered by mpt_ref.interop.adapter (the layer above, which knows every class)
-# so that ``Cls.from_pretrained`` works without this layer importing upward.
-_ADAPTER_LOADER: Callable[..., Any] | None = None
+__all__ = ["HEAD_TASK_TYPES", "LoadResult", "Module", "Prepared", "register_adapter_loader"]
 
 
-def register_adapter_loader(loader: Callable[..., Any]) -> None:
-    global _ADAPTER_LOADER
-    _ADAPTER_LOADER = loader
+class Prepared(NamedTuple):
+    """A call's validated inputs, as every class's hooks pass them on."""
+
+    indices: IntArray                          # B,T'
+    task_ids: IntArray | None = None           # B or 1   (MultitaskPromptEmbedding)
+    dropout_scales: list[Array] | None = None  # L−1 of (B,T',2H), entries 0 or 1/(1−p)   (PromptEncoder
+                                               # in train mode with dropout; None: no dropout)
 
 
 class LoadResult(NamedTuple):
@@ -65,40 +54,15 @@ def _read_only(value: np.ndarray) -> np.ndarray:
     return value
 
 
-def _owned(value: Any) -> Any:
-    """A private copy of validated inputs (arrays copied, tuples/lists walked, anything else as is)."""
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, (tuple, list)):
-        return type(value)(_owned(v) for v in value)
-    return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal by value: arrays of the same dtype and shape with equal entries, sequences item by item."""
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and a.shape == b.shape and bool(np.array_equal(a, b)))
-    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
-        return (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b)
-                and all(_same(x, y) for x, y in zip(a, b)))
-    return a is b or a == b
-
-
-class _LastForward(NamedTuple):
-    version: int     # the module's _version when the forward ran
-    prepared: tuple  # its validated inputs (private copies)
-    cache: Any
-
-
-class Module:
+class Module(PeftFiles):
     """Holds ``_params`` (PEFT key -> read-only array, in PEFT's state_dict order) and the module dtype."""
 
     _params: Params
     dtype: np.dtype
     config: Any
+    token_dim: int
     _version: int = 0
-    _last: _LastForward | None = None
+    _last: LastForward | None = None
 
     # -- parameters -------------------------------------------------------------------------------
 
@@ -158,79 +122,22 @@ class Module:
         self._install({**self._params, **staged})
         return LoadResult(missing, unexpected)
 
-    def adapter_tensors(self) -> Params:
-        """What PEFT's ``save_pretrained`` stores for this module, under the adapter-file keys."""
-        return {TABLE_KEY: self._params["embedding.weight"].copy()}
-
-    def saved_config(self) -> Any:
-        """The config as ``save_pretrained`` writes it: refused without a task_type (PEFT would build a
-        plain PeftModel that ignores the prompt), ``peft_version`` filled in as PEFT does."""
-        task_type = getattr(self.config, "task_type", None)
-        if task_type is None:
-            raise ConfigError(
-                "config.task_type: expected one of CAUSAL_LM, SEQ_2_SEQ_LM, SEQ_CLS, TOKEN_CLS, QUESTION_ANS, "
-                "FEATURE_EXTRACTION, got None: PeftModel.from_pretrained would build a plain PeftModel that "
-                "silently ignores the prompt (its logits equal the base model's); set task_type in the config"
-            )
-        kind = getattr(task_type, "value", task_type)
-        if kind in HEAD_TASK_TYPES:
-            raise ConfigError(
-                f"config.task_type: expected CAUSAL_LM, SEQ_2_SEQ_LM or FEATURE_EXTRACTION for an adapter mpt-ref "
-                f"writes, got {kind}: PEFT's {kind} adapters also hold the base model's trained head "
-                f"(modules_to_save {HEAD_TASK_TYPES[kind]}), which a prompt module does not have, so "
-                "PeftModel.from_pretrained would fail (KeyError 'base_model.<head>.weight')"
-            )
-        if self.config.peft_version is None:
-            return dataclasses.replace(self.config, peft_version=PEFT_VERSION)
-        return self.config
-
-    def adapter_files(self) -> dict[str, bytes]:
-        """The files of this module's PEFT adapter directory, name -> bytes (the model card apart)."""
-        return {
-            CONFIG_NAME: self.saved_config().to_json().encode(),
-            WEIGHTS_NAME: safetensors_bytes(self.adapter_tensors(), {"format": "pt"}),
-        }
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write a PEFT adapter directory PEFT loads (``PeftModel.from_pretrained``): adapter_config.json and
-        adapter_model.safetensors (metadata {"format": "pt"}); for P-tuning also ``mpt_ref_encoder.safetensors``;
-        a model card README.md unless the directory already has one (PEFT updates its own).
-        The config needs a ``task_type`` (ConfigError otherwise: PEFT would ignore the prompt).
-        Every file is written atomically; if any of them exists, nothing is written unless ``overwrite``."""
-        files = self.adapter_files()
-        if not (Path(save_directory) / MODEL_CARD_NAME).exists():
-            files[MODEL_CARD_NAME] = model_card(self.saved_config()).encode()
-        return write_adapter_files(save_directory, files, overwrite=overwrite)
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> Any:
-        """Load a PEFT adapter directory of this class (``mpt_ref.load_peft_adapter(path, **kwargs)``,
-        refusing an adapter of another kind). PromptEncoder: ``full_encoder=True`` restores the trainable
-        encoder mpt-ref saved beside PEFT's prompt table."""
-        if _ADAPTER_LOADER is None:  # pragma: no cover - importing mpt_ref registers it
-            raise ConfigError("from_pretrained: expected mpt_ref.interop.adapter to be imported, got none")
-        module = _ADAPTER_LOADER(path, **kwargs)
-        if type(module) is not cls:
-            raise ConfigError(f"{path}: expected an adapter of a {cls.__name__}, got one of a {type(module).__name__} "
-                              f"(peft_type {module.config.peft_type.value}); mpt_ref.load_peft_adapter loads any")
-        return module
-
     def __call__(self, *args: Any, **kwargs: Any) -> np.ndarray:
         return self.forward(*args, **kwargs)
 
     # -- forward / backward, written once for every class ------------------------------------------
 
-    def _prepare(self, *inputs: Any, draw: bool, **kwargs: Any) -> tuple:
+    def _prepare(self, *inputs: Any, draw: bool, **kwargs: Any) -> Prepared:
         """Validated inputs. ``draw``: the forward may draw what was omitted (dropout masks)."""
         raise NotImplementedError
 
-    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
+    def _out_shape(self, prepared: Prepared) -> tuple[int, ...]:
+        return prepared.indices.shape + (self.token_dim,)  # B,T',D
+
+    def _forward_core(self, prepared: Prepared) -> tuple[np.ndarray, Any]:
         raise NotImplementedError
 
-    def _forward_core(self, prepared: tuple) -> tuple[np.ndarray, Any]:
-        raise NotImplementedError
-
-    def _cache_core(self, prepared: tuple) -> Any:
+    def _cache_core(self, prepared: Prepared) -> Any:
         """What the backward needs; classes override it when that is cheaper than a forward."""
         return self._forward_core(prepared)[1]
 
@@ -238,21 +145,19 @@ class Module:
         raise NotImplementedError
 
     def _forward(self, *inputs: Any, **kwargs: Any) -> np.ndarray:
-        prepared = _owned(self._prepare(*inputs, draw=True, **kwargs))
+        prepared = owned(self._prepare(*inputs, draw=True, **kwargs))
         out, cache = self._forward_core(prepared)
-        self._last = _LastForward(self._version, prepared, cache)
+        self._last = LastForward(self._version, prepared, cache)
         return out
 
-    def _dout(self, dout: Any, prepared: tuple) -> np.ndarray:
+    def _dout(self, dout: Any, prepared: Prepared) -> np.ndarray:
         return _checks.float_array("dout", dout, self._out_shape(prepared), self.dtype)
 
     def _backward(self, dout: Any, *inputs: Any, **kwargs: Any) -> Params:
         prepared = self._prepare(*inputs, draw=False, **kwargs)
         dout = self._dout(dout, prepared)
-        last = self._last
-        if last is not None and last.version == self._version and _same(last.prepared, prepared):
-            cache = last.cache  # the same computation as the last forward (module docstring)
-        else:
+        cache = self._last.cache_for(self._version, prepared) if self._last is not None else None
+        if cache is None:  # no forward of the same computation to reuse (kernels/reuse.py)
             cache = self._cache_core(prepared)
         return self._backward_core(dout, cache)
 

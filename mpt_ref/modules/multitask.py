@@ -11,6 +11,7 @@ from mpt_ref import _checks
 from mpt_ref._types import Array, Params
 from mpt_ref.kernels.mpt import MptCache, mpt_backward, mpt_cache, mpt_forward
 from mpt_ref.io.adapter_files import TABLE_KEY
+from mpt_ref.modules.base import Prepared
 from mpt_ref.modules.config import SOURCE_INITS, MultitaskPromptTuningConfig
 from mpt_ref.modules.init import (
     init_task_factors,
@@ -39,18 +40,15 @@ class MultitaskPromptEmbedding(PromptTableModule):
             source = load_source_checkpoint(self.config.prompt_tuning_init_state_dict_path)
             self.load_state_dict(source_init(self.config, source, T, D), strict=False)
 
-    def _prepare(self, indices: Any, task_ids: Any, *, draw: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _prepare(self, indices: Any, task_ids: Any, *, draw: bool) -> Prepared:
         ids = _checks.indices(indices, self.total_virtual_tokens, tokens=self.total_virtual_tokens)  # B,T
-        return ids, _checks.task_ids(task_ids, ids.shape[0], self.num_tasks)  # B|1
+        return Prepared(ids, _checks.task_ids(task_ids, ids.shape[0], self.num_tasks))  # B|1
 
-    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
-        return prepared[0].shape + (self.token_dim,)  # B,T,D
+    def _forward_core(self, prepared: Prepared) -> tuple[Array, MptCache]:
+        return mpt_forward(self._params, prepared.indices, prepared.task_ids)
 
-    def _forward_core(self, prepared: tuple) -> tuple[Array, MptCache]:
-        return mpt_forward(self._params, *prepared)
-
-    def _cache_core(self, prepared: tuple) -> MptCache:
-        return mpt_cache(self._params, *prepared)  # no (B,T,D) output formed
+    def _cache_core(self, prepared: Prepared) -> MptCache:
+        return mpt_cache(self._params, prepared.indices, prepared.task_ids)  # no (B,T,D) output formed
 
     def _backward_core(self, dout: Array, cache: MptCache) -> Params:
         return mpt_backward(dout, cache)

@@ -10,6 +10,7 @@ import numpy as np
 from mpt_ref import _checks
 from mpt_ref._types import Array, Params
 from mpt_ref.kernels.embedding import EmbeddingCache, embedding_backward, embedding_forward
+from mpt_ref.modules.base import Prepared
 from mpt_ref.modules.config import PromptTuningConfig
 from mpt_ref.modules.prompt_table import PromptTableModule
 
@@ -26,17 +27,14 @@ class PromptEmbedding(PromptTableModule):
     def _init_params(self, weight: Array) -> None:
         self._install({"embedding.weight": weight})
 
-    def _prepare(self, indices: Any, *, draw: bool) -> tuple[np.ndarray]:
-        return (_checks.indices(indices, self.total_virtual_tokens),)  # B,T'
+    def _prepare(self, indices: Any, *, draw: bool) -> Prepared:
+        return Prepared(_checks.indices(indices, self.total_virtual_tokens))  # B,T'
 
-    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
-        return prepared[0].shape + (self.token_dim,)  # B,T',D
+    def _forward_core(self, prepared: Prepared) -> tuple[Array, EmbeddingCache]:
+        return embedding_forward(self._params["embedding.weight"], prepared.indices)
 
-    def _forward_core(self, prepared: tuple) -> tuple[Array, EmbeddingCache]:
-        return embedding_forward(self._params["embedding.weight"], prepared[0])
-
-    def _cache_core(self, prepared: tuple) -> EmbeddingCache:
-        return EmbeddingCache(prepared[0], self.total_virtual_tokens)  # the gather is not needed
+    def _cache_core(self, prepared: Prepared) -> EmbeddingCache:
+        return EmbeddingCache(prepared.indices, self.total_virtual_tokens)  # the gather is not needed
 
     def _backward_core(self, dout: Array, cache: EmbeddingCache) -> Params:
         return {"embedding.weight": embedding_backward(dout, cache)}

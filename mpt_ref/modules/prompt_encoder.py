@@ -22,7 +22,7 @@ from mpt_ref.io.adapter_files import ENCODER_NAME, TABLE_KEY
 from mpt_ref.kernels.embedding import EmbeddingCache, embedding_backward, embedding_forward
 from mpt_ref.kernels.encoder import prompt_encoder_backward, prompt_encoder_forward
 from mpt_ref.io.checkpoint import safetensors_bytes
-from mpt_ref.modules.base import Module
+from mpt_ref.modules.base import Module, Prepared
 from mpt_ref.modules.config import PromptEncoderConfig
 from mpt_ref.modules.config import PromptEncoderReparameterizationType as EncoderType
 from mpt_ref.modules.dropout import DropoutPolicy
@@ -130,16 +130,13 @@ class PromptEncoder(Module):
 
     # -- forward / backward (the bodies are modules/base.py's) ----------------------------------------
 
-    def _prepare(self, indices: Any, *, dropout_masks: Any = None, draw: bool) -> tuple:
+    def _prepare(self, indices: Any, *, dropout_masks: Any = None, draw: bool) -> Prepared:
         ids = _checks.indices(indices, self.total_virtual_tokens)  # B,T'
         scales = self._dropout.scales(dropout_masks, ids.shape, training=self.training, draw=draw, rng=self.rng)
-        return ids, scales
+        return Prepared(ids, dropout_scales=scales)
 
-    def _out_shape(self, prepared: tuple) -> tuple[int, ...]:
-        return prepared[0].shape + (self.token_dim,)  # B,T',D
-
-    def _forward_core(self, prepared: tuple) -> tuple[Array, Any]:
-        ids, scales = prepared
+    def _forward_core(self, prepared: Prepared) -> tuple[Array, Any]:
+        ids, scales = prepared.indices, prepared.dropout_scales
         if self.inference_mode:
             return embedding_forward(self._params["embedding.weight"], ids)
         return prompt_encoder_forward(  # without dropout: each distinct input once (kernels/encoder.py)
