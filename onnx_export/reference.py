@@ -25,7 +25,7 @@ from mpt_ref.core.encoder import prompt_encoder_forward
 from mpt_ref.core.mpt import mpt_forward
 from mpt_ref.errors import InputError
 from mpt_ref.modules.config import PromptEncoderReparameterizationType as EncoderType
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from onnx_export._spec import ModuleSpec
 
 VARIANTS = ("faithful", "folded", "folded-any")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.modules.bounds import check_tensor, expected
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.conformance import assert_conforms
 from mpt_ref.tolerances import REORDER_F64

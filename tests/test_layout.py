@@ -8,7 +8,7 @@ import pytest
 
 import mpt_ref
 from mpt_ref.errors import ConfigError
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 
 MOVED = {  # 0.1 path -> where the module lives now
     "mpt_ref.mpt": "mpt_ref.core.mpt", "mpt_ref.embedding": "mpt_ref.core.embedding",

@@ -29,7 +29,7 @@ from mpt_ref.modules.config import (
     PromptEncoderConfig,
     PromptTuningConfig,
 )
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.conformance import case_expected, check_case
 

@@ -18,7 +18,7 @@ from mpt_ref.conformance.cases import CASES
 from mpt_ref.conformance.verify import selected_cases, verify_directory
 from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.modules.config import config_from_dict
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing.conformance import assert_conforms
 
 

@@ -16,7 +16,7 @@ from mpt_ref.modules.config import (
     TaskType,
     load_config,
 )
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder

@@ -21,7 +21,7 @@ from mpt_ref.core.embedding import embedding_backward, embedding_forward
 from mpt_ref.core.encoder import prompt_encoder_backward, prompt_encoder_forward
 from mpt_ref.core.mpt import mpt_backward, mpt_forward
 from mpt_ref.errors import ConfigError
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.tolerances import CONFORMANCE, Rounding
 
 

@@ -19,7 +19,7 @@ from mpt_ref.modules.config import (
     PromptTuningConfig,
     TaskType,
 )
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 
 # |values| <= 4 keeps products of three factors far from overflow in float32 and keeps finite-difference
 # rounding (~eps*|L|/h) well below the gradcheck tolerance; the math is polynomial, so no other bound.
