@@ -104,13 +104,13 @@ SERVE_LOGITS_F32 = Tol(1e-5, 1e-5, "float32 base model in onnxruntime vs torch: 
 
 # ================================================================================================
 # The conformance error model (spec/tolerances.md): candidates are judged against the float64 reference
-# with a per-element bound computed by mpt_ref/core/error_bound.py from the case itself. Only the
+# with a per-element bound computed by mpt_ref/judge/error_bound.py from the case itself. Only the
 # constants below are chosen; everything else follows from the computation.
 # ================================================================================================
 
 
 class Rounding(NamedTuple):
-    """How a port rounds (see mpt_ref/core/error_bound.py). u_* are unit roundoffs (half an ulp of 1)."""
+    """How a port rounds (see mpt_ref/judge/error_bound.py). u_* are unit roundoffs (half an ulp of 1)."""
 
     u_acc: float        # sums and products
     u_store: float      # every stored intermediate (and the inputs, when inputs_rounded)

@@ -1,6 +1,6 @@
 """Parity of an exported model with the float64 reference, per execution provider.
 
-For each input case and provider: one ``TensorCheck`` (mpt_ref.modules.bounds) — max abs error, max
+For each input case and provider: one ``TensorCheck`` (mpt_ref.judge.bounds) — max abs error, max
 |error| / bound, the worst entry — plus the max ULP distance in the export dtype and the NaN counts.
 Every entry the reference says is a number must lie within its own rounding-error bound for a graph
 in the export dtype (spec/tolerances.md: the same error model as assert_conforms and verify
@@ -21,7 +21,7 @@ import onnx
 
 from mpt_ref import tolerances
 from mpt_ref.errors import InputError, shown
-from mpt_ref.modules.bounds import TensorCheck, check_tensor, expected
+from mpt_ref.judge.bounds import TensorCheck, check_tensor, expected
 from mpt_ref.modules.kind import Kind
 from mpt_ref.tolerances import Rounding
 from onnx_export._spec import ModuleSpec, module_spec

@@ -20,11 +20,8 @@ from typing import Any
 import numpy as np
 
 from mpt_ref import _checks
-from mpt_ref.core.embedding import embedding_forward
-from mpt_ref.core.encoder import prompt_encoder_forward
-from mpt_ref.core.mpt import mpt_forward
+from mpt_ref.core.ops import OPS
 from mpt_ref.errors import InputError
-from mpt_ref.modules.config import PromptEncoderReparameterizationType as EncoderType
 from mpt_ref.kind import Kind
 from onnx_export._spec import ModuleSpec
 
@@ -37,13 +34,7 @@ def float64_params(spec: ModuleSpec) -> dict[str, np.ndarray]:
 
 def module_math(spec: ModuleSpec, indices: np.ndarray, task_ids: np.ndarray | None = None) -> np.ndarray:
     """The module's forward in float64 for valid ids: indices (B, T'), task_ids (B,) -> (B, T', D)."""
-    p = float64_params(spec)
-    if spec.kind == Kind.PROMPT_EMBEDDING:
-        return embedding_forward(p["embedding.weight"], indices)[0]
-    if spec.kind == Kind.MPT:
-        return mpt_forward(p, indices, task_ids)[0]
-    encoder_type = EncoderType.LSTM if spec.kind == Kind.LSTM_ENCODER else EncoderType.MLP
-    return prompt_encoder_forward(p, indices, encoder_type=encoder_type, num_layers=spec.L)[0]
+    return OPS[spec.kind].forward(float64_params(spec), indices, task_ids, None)[0]
 
 
 def prompt_table(spec: ModuleSpec) -> np.ndarray:

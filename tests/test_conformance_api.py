@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpt_ref.core.mpt import mpt_backward, mpt_forward
-from mpt_ref.modules.bounds import check_tensor, expected
+from mpt_ref.judge.bounds import check_tensor, expected
 from mpt_ref.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.conformance import assert_conforms
@@ -71,7 +71,7 @@ def test_mpt_cancellation_example_from_the_issue():
 def test_error_model_values_are_the_reference(module, data):
     """The bound's own float64 evaluation of the module equals the core functions' (a second, independent
     spelling of the math: a mistake in either shows here)."""
-    from mpt_ref.core import error_bound as eb
+    from mpt_ref.judge import error_bound as eb
     from mpt_ref.testing.conformance import case_strategy, dropout_scales
 
     case = data.draw(case_strategy(module, np.float64))

@@ -10,7 +10,7 @@ from typing import Iterable
 from xml.etree import ElementTree as ET
 
 from mpt_ref.io.atomic import atomic_write_bytes
-from mpt_ref.modules.bounds import TensorCheck
+from mpt_ref.judge.bounds import TensorCheck
 
 
 def _num(x: float, fmt: str = ".3g") -> str:

@@ -24,7 +24,9 @@ import numpy as np
 
 from mpt_ref._types import Array, IntArray, Params
 from mpt_ref.core import encoder as core
-from mpt_ref.core.encoder import MLP, EncoderCache
+from mpt_ref.core.encoder import LSTM, MLP, EncoderCache
+
+__all__ = ["LSTM", "MLP", "DedupCache", "EncoderCache", "prompt_encoder_backward", "prompt_encoder_forward"]
 from mpt_ref.kernels.embedding import EmbeddingCache, embedding_backward
 
 
