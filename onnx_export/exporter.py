@@ -27,8 +27,13 @@ from onnx_export.reference import VARIANTS
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 INPUT_INDICES, INPUT_TASK_IDS, OUTPUT = "indices", "task_ids", "prompt_embeddings"
 META_PREFIX = "mpt_ref."  # metadata_props keys: mpt_ref.module, .kind, .variant, .dtype, .config, ...
-# what a parity check compares with the module it rebuilds (parity.metadata_mismatches)
-IDENTITY_KEYS = ("config", "init_seed", "params_sha256")
+# One entry per Kind: the graph's task-id input (MPT's only), None when the graph reads indices alone.
+TASK_IDS_INPUT: dict[Kind, str | None] = {
+    Kind.PROMPT_EMBEDDING: None,
+    Kind.MPT: INPUT_TASK_IDS,
+    Kind.MLP_ENCODER: None,
+    Kind.LSTM_ENCODER: None,
+}
 INPUT_DOCS = {
     INPUT_INDICES: "int64 (batch, tokens): virtual-token ids in [0, T); PEFT feeds arange(T) in every row. "
                    "An id outside [0, T) gives a NaN row.",
@@ -83,10 +88,9 @@ def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "fl
     g = GraphBuilder(DTYPES[dtype])
     tokens = tokens_dim(spec, variant)
     inputs = [int64_input(INPUT_INDICES, ["batch", tokens])]
-    task_ids = None
-    if spec.kind == Kind.MPT:
-        inputs.append(int64_input(INPUT_TASK_IDS, ["task_batch"]))  # B or 1
-        task_ids = INPUT_TASK_IDS
+    task_ids = TASK_IDS_INPUT[spec.kind]
+    if task_ids is not None:
+        inputs.append(int64_input(task_ids, ["task_batch"]))  # B or 1
     build = {"faithful": _faithful.build, "folded": _folded.build, "folded-any": _folded.build_any}[variant]
     out = build(g, spec, INPUT_INDICES, task_ids)
     g.nodes.append(onnx.helper.make_node("Identity", [out], [OUTPUT], name="prompt_embeddings/Identity"))

@@ -15,7 +15,7 @@ made valid, then writes NaN exactly where the exported graph must produce NaN:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -26,6 +26,21 @@ from mpt_ref.kind import Kind
 from onnx_export._spec import ModuleSpec
 
 VARIANTS = ("faithful", "folded", "folded-any")
+
+
+class NanPolicy(NamedTuple):
+    task_ids: bool      # the graph reads task ids: an invalid one makes its row NaN
+    whole_row: bool     # an invalid index makes its whole row NaN (the LSTM reads every position)
+    peft_rows: bool     # the folded graph is exact only for PEFT's rows (arange(T)), NaN elsewhere
+
+
+# One entry per Kind: the NaN policy of spec/onnx.md (module docstring).
+NAN_POLICY = {
+    Kind.PROMPT_EMBEDDING: NanPolicy(task_ids=False, whole_row=False, peft_rows=False),
+    Kind.MPT: NanPolicy(task_ids=True, whole_row=False, peft_rows=False),
+    Kind.MLP_ENCODER: NanPolicy(task_ids=False, whole_row=False, peft_rows=False),
+    Kind.LSTM_ENCODER: NanPolicy(task_ids=False, whole_row=True, peft_rows=True),
+}
 
 
 def float64_params(spec: ModuleSpec) -> dict[str, np.ndarray]:
@@ -62,17 +77,18 @@ def expected_output(spec: ModuleSpec, indices: Any, task_ids: Any = None, *, var
         raise InputError(f"indices: expected shape (B, T) with T={spec.T} (total virtual tokens), got shape {idx.shape}")
     idx_ok = (idx >= 0) & (idx < spec.T)  # B,T'
     safe_idx = np.where(idx_ok, idx, 0)
+    policy = NAN_POLICY[spec.kind]
     task_ok = np.ones(B, dtype=bool)
     safe_t = None
-    if spec.kind == Kind.MPT:
+    if policy.task_ids:
         t = np.broadcast_to(_checks.task_ids(task_ids, B, num_tasks=None), (B,))  # any range: NaN policy below
         task_ok = (t >= 0) & (t < spec.K)  # B
         safe_t = np.where(task_ok, t, 0)
     out = module_math(spec, safe_idx, safe_t)  # B,T',D
     rows_peft = (idx == np.arange(tokens)).all(axis=1) & (tokens == spec.T)  # B
-    if variant == "folded" and spec.kind == Kind.LSTM_ENCODER:
+    if variant == "folded" and policy.peft_rows:
         nan = ~(rows_peft & task_ok)[:, None] & np.ones((1, tokens), dtype=bool)  # B,T'
-    elif spec.kind == Kind.LSTM_ENCODER:
+    elif policy.whole_row:
         nan = ~idx_ok.all(axis=1, keepdims=True) & np.ones((1, tokens), dtype=bool)  # B,T'
     else:
         nan = ~idx_ok | ~task_ok[:, None]  # B,T'

@@ -20,10 +20,13 @@ from mpt_ref import tolerances as tol
 from mpt_ref.core import embedding as core_embedding
 from mpt_ref.core import encoder as core_encoder
 from mpt_ref.core import mpt as core_mpt
+from mpt_ref.core.ops import OPS
 from mpt_ref.kernels import chunks, parallel
 from mpt_ref.kernels import embedding as fast_embedding
 from mpt_ref.kernels import encoder as fast_encoder
 from mpt_ref.kernels import mpt as fast_mpt
+from mpt_ref.kernels.ops import KERNEL_OPS
+from mpt_ref.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.assertions import assert_close, assert_grads_close
 
@@ -199,3 +202,22 @@ def test_encoder_kernel_matches_plain_reference(case, repeat_rows, switches):
         np.testing.assert_array_equal(out, want_out)
         assert_grads_close("grads", fast_encoder.prompt_encoder_backward(case.dout, cache),
                            core_encoder.prompt_encoder_backward(case.dout, want_cache), tol.EXACT)
+
+
+# -- every kind through the tables -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", list(Kind), ids=str)
+def test_every_kind_kernel_op_matches_the_core_op(kind):
+    """KERNEL_OPS[kind] against OPS[kind] on the kind's edge example (sizes past the SIMD widths):
+    forward within REGROUPED_SUMS_F64 (bit for bit for the prompt tables), gradients likewise."""
+    case = hs.edge_examples(kind, limits=hs.SizeLimits(max_work=20_000))[0]
+    idx, tasks = case.inputs["indices"], case.inputs.get("task_ids")
+    out, cache = KERNEL_OPS[kind].forward(case.params, idx, tasks, None)
+    want_out, want_cache = OPS[kind].forward(case.params, idx, tasks, None)
+    scale = float(np.abs(want_out).max(initial=0.0)) + 1.0
+    assert_close("out", out, want_out, tol.REGROUPED_SUMS_F64.scaled(scale))
+    if not kind.is_encoder:
+        np.testing.assert_array_equal(out, want_out)
+    assert_grads_close("grads", KERNEL_OPS[kind].backward(case.dout, cache),
+                       OPS[kind].backward(case.dout, want_cache),
+                       tol.REGROUPED_SUMS_F64.scaled(scale * case.dout.shape[0]))  # B rows regrouped per sum
