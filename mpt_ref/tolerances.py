@@ -68,7 +68,7 @@ ONNX_PARITY = {
     ("float32", "onnx-reference"): _ONNX_F32._replace(reason="float32 ONNX ReferenceEvaluator (NumPy kernels), "
                                                               "measured <= 5e-7 s"),
     ("float16", "onnx-reference"): _ONNX_F16._replace(reason="float16 ONNX ReferenceEvaluator, measured <= 2.4e-3 s"),
-    # CUDA: not measured by these tests (no GPU in CI); shared/notes/cuda-ep.md measured rel 1.3e-7 with
+    # CUDA: not measured by these tests (no GPU in CI); measured once on an H100: rel 1.3e-7 with
     # TF32 off and ~5e-4 with TF32 on (MPT, D=4096, H100).
     ("float32", "cuda"): _ONNX_F32._replace(reason="float32 CUDA EP with use_tf32=0: IEEE float32, other "
                                                    "summation order (1.3e-7 rel measured on an H100)"),
@@ -137,7 +137,7 @@ _C_FN = 8.0
 # depth_slack = 2: γ_n covers any order *within* one sum; a port that merges two stages of the reference
 # into one sum (e.g. MPT's dC as one einsum over (b, d) instead of Σ_b then @ R) or adds the two LSTM
 # biases separately has at most twice the depth the stage-wise analysis counts for these shapes. The
-# stress run (tests/test_oracle_stress.py) measures the largest ratio |error| / bound actually seen.
+# stress run (tests/test_oracle_no_false_alarms.py, MPT_REF_STRESS=<cases>) measures the largest ratio |error| / bound actually seen.
 _DEPTH_SLACK = 2.0
 # lam = 10: the probabilistic bound of Higham & Mary (SIAM J. Sci. Comput. 41(5), 2019): a sum of n terms
 # with independent rounding errors is within lam·√n·u·Σ|terms| with probability >= 1 − 2n·exp(−lam²/2)

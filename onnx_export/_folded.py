@@ -7,7 +7,7 @@ indices (arange(T)) and rounded once to the export dtype; the graph is one Gathe
   come out NaN (an LSTM output depends on the whole row, so a table cannot serve them).
 - mpt: when every row of the batch is PEFT's arange(T), ``task_prompt_table`` (K, T, D), row k =
   E ⊙ (C_k @ R_k), and one Gather by task id picks a row's whole prompt (the fastest standard-op form
-  measured, shared/notes/cuda-ep.md); otherwise the exporter's graph picks, at run time through an If
+  measured on onnxruntime's CUDA EP, spec/onnx.md); otherwise the exporter's graph picks, at run time through an If
   node (one branch runs), the folded-any form below, which serves any rows. Ids follow the faithful
   policy: an invalid task id gives a NaN row, an invalid index a NaN vector at its position.
 

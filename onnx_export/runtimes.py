@@ -80,7 +80,7 @@ class Runner:
         import onnxruntime as ort
 
         if provider.startswith("cuda") and hasattr(ort, "preload_dlls"):
-            ort.preload_dlls()  # onnxruntime-gpu finds its CUDA libraries (shared/notes/cuda-ep.md)
+            ort.preload_dlls()  # onnxruntime-gpu finds its CUDA libraries
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
         ep, ep_options = ORT_PROVIDERS[provider]

@@ -73,7 +73,7 @@ def test_save_refuses_existing_files_and_writes_nothing(tmp_path):
 
 
 def test_source_init_config_loads_without_its_source_file(tmp_path):
-    """PEFT quirk Q4: PEFT re-runs the source init on load and needs the file; the saved factors win anyway."""
+    """spec/differences.md #22: PEFT re-runs the source init on load and needs the file; the saved factors win anyway."""
     src = tmp_path / "src.safetensors"
     module = mpt_ref.MultitaskPromptEmbedding(MPT, seed=0)
     write_safetensors(src, {"prompt_embeddings": module.state_dict()["embedding.weight"],
@@ -215,7 +215,7 @@ def test_save_refuses_task_types_whose_peft_adapter_needs_a_base_model_head(tmp_
     assert not (tmp_path / "a").exists()
 
 
-# -- issue 13: whole-adapter atomic saves, modes, non-finite values, config sizes ------------------------
+# -- whole-adapter atomic saves, modes, non-finite values, config sizes ------------------------
 
 def _two_adapters():
     small = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=4), seed=1)
@@ -236,7 +236,7 @@ while True:
 
 
 def test_save_pretrained_is_atomic_per_adapter_under_sigkill(tmp_path):
-    """Issue 13: 41 of 100 kills left one save's config beside another save's weights (loading silently),
+    """Regression: 41 of 100 kills left one save's config beside another save's weights (loading silently),
     and 71 stray .tmp files. Now a kill leaves the old or the new adapter, whole."""
     import random
     import signal
@@ -270,7 +270,7 @@ def test_save_pretrained_is_atomic_per_adapter_under_sigkill(tmp_path):
 
 
 def test_saved_files_follow_the_umask(tmp_path):
-    """Issue 13: files came out 0600 (mkstemp's mode) instead of following the umask."""
+    """Regression: files came out 0600 (mkstemp's mode) instead of following the umask."""
     import os
     import stat
 
@@ -295,7 +295,7 @@ def test_overwrite_drops_every_old_adapter_file(tmp_path):
 
 @pytest.mark.parametrize("value", [1e300, 3.5e38, np.inf, np.nan])
 def test_values_beyond_float32_are_refused_on_load(tmp_path, value):
-    """Issue 13: a float64 adapter holding 1e300 or 3.5e38 loaded as inf into a float32 module."""
+    """Regression: a float64 adapter holding 1e300 or 3.5e38 loaded as inf into a float32 module."""
     small = _two_adapters()[0]
     small.save_pretrained(tmp_path)
     table = np.zeros((3, 4), np.float64)
@@ -313,7 +313,7 @@ def test_values_beyond_float32_are_refused_on_load(tmp_path, value):
 
 
 def test_hostile_config_sizes_fail_before_allocating(tmp_path):
-    """Issue 13: 12000 x 12000 cost 1.6 GiB and 5.3 s before CheckpointError; 10**9 a bare MemoryError."""
+    """Regression: 12000 x 12000 cost 1.6 GiB and 5.3 s before CheckpointError; 10**9 a bare MemoryError."""
     import tracemalloc
 
     _two_adapters()[0].save_pretrained(tmp_path)

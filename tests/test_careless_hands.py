@@ -1,4 +1,4 @@
-"""Issue 13, careless hands: output paths, --force, a full disk, odd API arguments. Each case ends in an
+"""Careless hands: output paths, --force, a full disk, odd API arguments. Each case ends in an
 MptRefError subclass (API) or exit 2 with one line on stderr (CLI), never a traceback or lost files."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def cli(capsys, *argv: str) -> tuple[int, str]:
 
 
 def test_vectors_force_refuses_a_directory_it_did_not_write(tmp_path, capsys, monkeypatch):
-    """Issue 13 #4: `mpt-ref vectors . --force` deleted everything in the current directory."""
+    """Regression: `mpt-ref vectors . --force` deleted everything in the current directory."""
     (tmp_path / "precious.txt").write_text("keep")
     (tmp_path / "sub").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -64,7 +64,7 @@ while True:
 
 
 def test_a_kill_during_vectors_force_never_leaves_a_partial_folder(tmp_path):
-    """Issue 13 #4: a kill during --force left a partial vectors folder under the final name (21/40)."""
+    """Regression: a kill during --force left a partial vectors folder under the final name (21/40)."""
     out = tmp_path / "v"
     vec.write_vectors(out, CASES[:3])
     for delay in (0.05, 0.2, 0.5, 1.0, 1.5):

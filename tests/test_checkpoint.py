@@ -56,7 +56,7 @@ def header_file(header: dict, body: bytes = b"") -> bytes:
         (header_file({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                       "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12), "invalid offset"),
         (header_file({"__metadata__": {"x": 1}}), "invalid JSON"),
-        # issue 13: the old hand-written parser accepted these, the safetensors library refuses them
+        # regression: the old hand-written parser accepted these, the safetensors library refuses them
         (header_file({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8), "not fully covered"),
         (header_file({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8), "invalid offset"),
     ],

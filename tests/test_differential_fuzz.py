@@ -1,4 +1,4 @@
-"""Issue 13: a differential fuzz of the checkpoint readers against the reference parsers (the safetensors
+"""A differential fuzz of the checkpoint readers against the reference parsers (the safetensors
 library, ``torch.load(weights_only=True)``), in a subprocess under a memory cap, with a poisoning canary
 (a legitimate load after every hostile one). Marked ``peft``: it needs torch (the PEFT CI job).
 

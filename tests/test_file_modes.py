@@ -15,10 +15,6 @@ from mpt_ref.cli import main
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.cases import CASES
 
-# issue 13 makes mpt_ref/io/atomic.py follow the umask; until that is merged these fail (strict: an
-# XPASS fails too, so remove this marker when it lands)
-
-
 @pytest.fixture
 def umask_022():
     old = os.umask(0o022)

@@ -104,8 +104,8 @@ def test_mutated_torch_zips_never_escape_checkpoint_error(tmp_path, data):
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=300))
-@example(POISON_PKL)     # issue 13 #1: poisoned every later load
-@example(DOUBLING_PKL)   # issue 13 #2: hung the loader (9 GB)
+@example(POISON_PKL)     # regression: poisoned every later load
+@example(DOUBLING_PKL)   # regression: hung the loader (9 GB)
 @example(b"\x80\x02}K\x01K\x02s.")  # a non-str key
 def test_random_pickles_in_a_valid_archive(tmp_path, pkl):
     try:
@@ -182,12 +182,12 @@ def test_zip_bomb_is_refused_without_inflating_it(tmp_path):
 
 
 
-# -- issue 13: regression tests, each failed before the fix ----------------------------------------------
+# -- regression tests, each failed before the fix -------------------------------------------------------
 
 
 
 def test_a_hostile_pickle_cannot_poison_later_loads(tmp_path):
-    """Issue 13 #1: BUILD on the shared FloatStorage stand-in renamed it BFloat16Storage for every later load."""
+    """Regression: BUILD on the shared FloatStorage stand-in renamed it BFloat16Storage for every later load."""
     with pytest.raises(mpt_ref.CheckpointError, match="BUILD"):
         read_torch_checkpoint(write(tmp_path, torch_zip(POISON_PKL), "evil.bin"))
     got = read_torch_checkpoint(write(tmp_path, VALID_ZIP))
@@ -196,7 +196,7 @@ def test_a_hostile_pickle_cannot_poison_later_loads(tmp_path):
 
 @pytest.mark.parametrize("where", ["persistent id", "offset", "size", "dict key"])
 def test_exponential_structures_fail_fast_with_bounded_messages(tmp_path, where):
-    """Issue 13 #2: a 659-byte pickle hung the loader (9 GB) because an error message called str() on it."""
+    """Regression: a 659-byte pickle hung the loader (9 GB) because an error message called str() on it."""
     nested = DOUBLING_PKL[2:-2]  # leaves the 59-level structure on the stack
     if where == "persistent id":
         pkl = b"\x80\x02" + nested + b"Q."
@@ -214,7 +214,7 @@ def test_exponential_structures_fail_fast_with_bounded_messages(tmp_path, where)
 
 
 def test_tensors_with_more_elements_than_their_storage_are_refused(tmp_path):
-    """Issue 13: a 2.6 KB file with stride 0 made the loader allocate 8192 x 8192 floats."""
+    """Regression: a 2.6 KB file with stride 0 made the loader allocate 8192 x 8192 floats."""
     pkl = pickle_of_tensor_dict().replace(b"K\x02K\x02\x86K\x02K\x01\x86", b"M\x00 M\x00 \x86K\x00K\x00\x86")
     with pytest.raises(mpt_ref.CheckpointError, match="at most the 4 elements"):
         read_torch_checkpoint(write(tmp_path, torch_zip(pkl)))
@@ -226,7 +226,7 @@ def test_tensors_with_more_elements_than_their_storage_are_refused(tmp_path):
 
 
 def test_duplicate_member_names_are_refused(tmp_path):
-    """Issue 13 #5: mpt-ref read the last data.pkl, torch the first: different tensors from one file."""
+    """Regression: mpt-ref read the last data.pkl, torch the first: different tensors from one file."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         zf.writestr("archive/data.pkl", pickle_of_tensor_dict())
@@ -279,7 +279,7 @@ def test_narrowed_pickle_opcodes(tmp_path, pkl, match):
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
 @pytest.mark.parametrize("name", ["adapter_model.bin", "adapter_model.safetensors", "adapter_config.json"])
 def test_non_regular_inputs_are_refused_before_reading(tmp_path, kind, name):
-    """Issue 13: a FIFO checkpoint/config hung the loader; a symlink to /dev/zero read 9.2 GiB."""
+    """Regression: a FIFO checkpoint/config hung the loader; a symlink to /dev/zero read 9.2 GiB."""
     import os
 
     from mpt_ref.interop.adapter import load_peft_adapter
@@ -301,7 +301,7 @@ def test_non_regular_inputs_are_refused_before_reading(tmp_path, kind, name):
 
 
 def test_safetensors_reads_exactly_the_file_size_under_a_memory_cap(tmp_path):
-    """Issue 13 #3: every read asked for max_bytes + 1 (8 GiB) up front: MemoryError under ulimit -v."""
+    """Regression: every read asked for max_bytes + 1 (8 GiB) up front: MemoryError under ulimit -v."""
     import subprocess
     import sys
 
@@ -338,7 +338,7 @@ def _zip_with_extra(extra: bytes) -> bytearray:
 
 
 def test_zip_structure_torch_reads_differently_is_refused(tmp_path):
-    """Issue 13, found by the differential fuzz: two zip corruptions that Python's zipfile tolerates while
+    """Regression, found by the differential fuzz: two zip corruptions that Python's zipfile tolerates while
     torch's reader (miniz) reads other bytes as the storage: different tensors from one file."""
     blob = bytearray(VALID_ZIP)
     blob[_central(blob, b"archive/data/0") + 38] |= 0x10  # the DOS directory attribute

@@ -1,4 +1,4 @@
-"""Issue 13: empty batches never reach an onnxruntime kernel that aborts the process, and float16 exports
+"""Empty batches never reach an onnxruntime kernel that aborts the process, and float16 exports
 refuse parameters beyond float16's range instead of producing inf. Each module runs in a subprocess, so
 a SIGABRT fails the test instead of killing pytest."""
 
@@ -52,7 +52,7 @@ print(json.dumps(results))
 
 @pytest.mark.parametrize("kind", ["pt", "mpt", "mlp-1", "lstm-1", "lstm-2", "lstm-3"])
 def test_empty_batches_never_abort_onnxruntime(kind):
-    """Issue 13 #6: indices of shape (0, T) aborted the whole process (SIGABRT) for the faithful LSTM."""
+    """Regression: indices of shape (0, T) aborted the whole process (SIGABRT) for the faithful LSTM."""
     proc = subprocess.run([sys.executable, "-c", RUN_EMPTY, kind], capture_output=True, text=True, cwd=ROOT, check=False,
                           timeout=300)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-1500:]}"
@@ -72,7 +72,7 @@ def _big(module, key, value):
 
 @pytest.mark.parametrize("variant", ["faithful", "folded"])
 def test_float16_export_refuses_values_beyond_its_range(variant):
-    """Issue 13: float16 export of parameters > 65504 gave inf outputs silently."""
+    """Regression: float16 export of parameters > 65504 gave inf outputs silently."""
     m = _big(mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(num_virtual_tokens=3, token_dim=4), seed=0,
                                      dtype=np.float32), "embedding.weight", 70000.0)
     with pytest.raises(mpt_ref.InputError, match="float16"):

@@ -50,7 +50,7 @@ def min_ir_for_opset(opset):
 
 def test_pinned_versions_load_in_onnxruntime_1_31_and_1_32():
     assert OPSET == 21 and IR_VERSION == min_ir_for_opset(OPSET) == 10
-    assert IR_VERSION <= 13  # onnxruntime 1.31 reads IR <= 13 (shared/notes/cuda-ep.md)
+    assert IR_VERSION <= 13  # onnxruntime 1.31 reads IR <= 13
     model = export(make_module("mpt"))
     assert model.ir_version == IR_VERSION
     assert [(o.domain, o.version) for o in model.opset_import] == [("", OPSET)]

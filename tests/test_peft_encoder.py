@@ -33,7 +33,7 @@ LSTM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 def peft_config(config):
-    """Our config as PEFT's (H := D when None), the type as PEFT's enum member (a plain "MLP" str crashes PEFT, quirk Q1)."""
+    """Our config as PEFT's (H := D when None), the type as PEFT's enum member (a plain "MLP" str crashes PEFT, spec/differences.md #17)."""
     d = {k: v for k, v in config.to_dict().items() if v is not None}
     d.setdefault("encoder_hidden_size", d["token_dim"])  # what PeftModel fills in; direct construction needs it
     d["encoder_reparameterization_type"] = peft.PromptEncoderReparameterizationType(d["encoder_reparameterization_type"])
@@ -213,7 +213,7 @@ def test_lstm_single_layer_dropout_warning_text_equals_torch():
 
 
 def test_peft_crashes_on_plain_string_mlp_where_we_warn():
-    """Quirk Q1, pinned so that a PEFT fix is noticed: PEFT raises AttributeError, we warn."""
+    """spec/differences.md #17, pinned so that a PEFT fix is noticed: PEFT raises AttributeError, we warn."""
     d = dict(num_virtual_tokens=2, token_dim=2, encoder_hidden_size=2, encoder_num_layers=3, num_transformer_submodules=1)
     with pytest.raises(AttributeError, match="value"):
         PeftPromptEncoder(peft.PromptEncoderConfig(encoder_reparameterization_type="MLP", **d))

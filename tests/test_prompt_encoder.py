@@ -137,7 +137,7 @@ def test_float32_module_agrees_with_float64(case):
 
 
 def test_mlp_s2_extra_rows_are_dead_but_lstm_rows_are_not():
-    """Quirk Q6: with S = 2 PEFT feeds only the first N outputs to the model. The MLP is row-wise, so
+    """PEFT with S = 2 PEFT feeds only the first N outputs to the model. The MLP is row-wise, so
     rows N..2N−1 of E get no gradient; the bidirectional LSTM mixes them into the first N outputs."""
     for kind, dead in (("MLP", True), ("LSTM", False)):
         cfg = mpt_ref.PromptEncoderConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=3, token_dim=4,

@@ -22,7 +22,7 @@ from mpt_ref.errors import MptRefError
 COMMANDS = ("mpt_ref.cli.demo", "mpt_ref.cli.verify", "mpt_ref.cli.export", "mpt_ref.cli.inspect", "mpt_ref.cli.bench",
             "mpt_ref.cli.train_demo", "mpt_ref.cli.export_model")
 
-EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_PIPE = 0, 1, 2, 3, 141
+EXIT_USAGE, EXIT_INTERNAL, EXIT_PIPE = 2, 3, 141
 
 DESCRIPTION = ("Reference implementation of PEFT's prompt tuning, multitask prompt tuning (MPT) and P-tuning: "
                "gradient checks, golden conformance vectors, ONNX export and parity, PEFT adapter inspection.")

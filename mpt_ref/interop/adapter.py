@@ -47,7 +47,7 @@ def load_peft_adapter(path: str | os.PathLike, *, full_encoder: bool = False, dt
     ``get_prompt(B, task_ids)`` equals PEFT's); P_TUNING -> PromptEncoder in inference mode whose
     ``embedding.weight`` is the saved prompt table (what PEFT itself uses after loading), or with
     ``full_encoder=True`` the trainable encoder from ``mpt_ref_encoder.safetensors``.
-    Unlike PEFT (quirk Q4), an MPT source-init config does not need its source file to exist: the
+    Unlike PEFT (spec/differences.md #22), an MPT source-init config does not need its source file to exist: the
     saved factors replace the init anyway, so none is run. Missing factors are an error here, where
     PEFT silently keeps a random init. Extra keys (``modules_to_save`` entries of the base model) are
     ignored with a warning.

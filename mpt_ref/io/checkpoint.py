@@ -22,8 +22,6 @@ from mpt_ref.errors import CheckpointError, shown
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32, exc_text, read_regular_file
 
-MAX_HEADER_BYTES = 100 << 20   # safetensors' own header limit: 100 MB
-
 # safetensors dtype names -> NumPy dtypes (little-endian). BF16 is widened to float32 exactly.
 SAFETENSORS_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),

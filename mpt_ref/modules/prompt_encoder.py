@@ -187,7 +187,7 @@ class PromptEncoder(Module):
     def prompt_table(self) -> Array:
         """(T, D): the eval-mode output for arange(T), i.e. what PEFT saves as ``prompt_embeddings``
         (in inference mode: ``embedding.weight`` itself). Always eval mode, unlike PEFT, which bakes a
-        dropout mask in when saved from train mode (quirk Q5); the module's mode is left unchanged."""
+        dropout mask in when saved from train mode (spec/differences.md #18); the module's mode is left unchanged."""
         if self.inference_mode:
             return self._params["embedding.weight"].copy()
         ids = np.arange(self.total_virtual_tokens)[None]  # 1,T
