@@ -88,6 +88,32 @@ F32_ENCODER_GRADS = Tol(1e-5, 1e-4, "float32 BPTT gradients: per-step rounding a
 # group before the backward): error ~ eps · Σ|terms| with |terms| up to ~10 here, so 1e-12 absolute.
 REGROUPED_SUMS_F64 = Tol(1e-10, 1e-12, "float64, batch sums regrouped before the backward")
 
+# float64 sigmoid / tanh at points with a closed form (sigmoid(-2) = 1/(1+e^2), tanh(ln3/2) = 1/2): libm's
+# exp / tanh are within an ulp or two, and one division rounds once more.
+CLOSED_FORM_F64 = Tol(1e-15, 0.0, "float64 libm exp/tanh vs a closed form: a few ulp")
+
+# The error model's exact-value track (Bounded.v, float64) against the float64 reference: the same sums in
+# another order; atol for the entries whose sums cancel to ~0 (terms up to ~4^3).
+BOUND_VALUES_F64 = Tol(REORDER_F64.rtol, 1e-12, "error model's float64 values vs the reference: reordered sums")
+
+# A float32 parameter against the float64 value it was computed from (one mean of float32 tensors, then
+# one rounding to float32: 2^-24 relative each).
+F32_ROUNDED = Tol(1e-6, 0.0, "float32 value vs its float64 computation: one or two float32 roundings")
+# A float32 product E ⊙ (C @ R) of small rank against float64: a handful of float32 roundings per entry.
+F32_SMALL_PRODUCT = Tol(1e-5, 0.0, "float32 E * (C @ R), small rank, vs float64: a few float32 roundings")
+# Not a pass tolerance: two different formulas must differ by more than this somewhere to be told apart.
+DISTINGUISHABLE = Tol(1e-2, 0.0, "two formulas whose results must differ by more than 1% somewhere")
+
+# torch float64: tanh then atanh twice to read an LSTM layer's input back; atanh amplifies rounding by
+# 1/(1 − y²), larger where the gates saturate (bias ±40).
+ATANH_ROUND_TRIP_F64 = Tol(1e-9, 0.0, "float64 torch tanh/atanh round trip: rounding amplified near saturation")
+# The ratio of two such round trips (a dropped-out layer input over the plain one): 1/(1−p) or 0.
+DROPOUT_RATIO_F64 = Tol(1e-6, 1e-6, "ratio of two float64 atanh round trips, amplified rounding near ±1")
+
+# The ONNX oracle (float64 functional core) against a float32 module's forward on small cases (|values|
+# up to ~4, a few operations per output).
+ORACLE_VS_F32_MODULE = Tol(1e-6, 1e-7, "float64 oracle vs float32 module forward: a few float32 roundings")
+
 # Linearity of every backward in dout, in float64: backward(α·a + b) against α·backward(a) + backward(b).
 # Both sides round each product and sum once more or less, so the difference is a few ulp of the
 # larger side: atol is applied per unit of max|α·backward(a)| + max|backward(b)| + 1 (testing/properties.py).

@@ -15,7 +15,7 @@ from mpt_ref.judge.bounds import check_tensor, expected
 from mpt_ref.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.conformance import assert_conforms
-from mpt_ref.tolerances import REORDER_F64
+from mpt_ref.tolerances import BOUND_VALUES_F64
 
 MODULES = [k.value for k in Kind]
 
@@ -77,19 +77,12 @@ def test_error_model_values_are_the_reference(module, data):
     case = data.draw(case_strategy(module, np.float64))
     ex = expected(module, case.params, case.inputs, case.dout, np.float64, dropout_scales=dropout_scales(case))
     alg = eb.ErrorAlgebra(ex.rounding)
-    kind = Kind.parse(module)
-    idx = case.inputs["indices"]
-    if kind == Kind.MPT:
-        out, grads = eb.mpt_bound(alg, case.params, idx, case.inputs["task_ids"], case.dout)
-    elif kind == Kind.PROMPT_EMBEDDING:
-        out, grads = eb.embedding_bound(alg, case.params, idx, case.dout)
-    else:
-        out, grads = eb.encoder_bound(alg, case.params, idx, case.dout, encoder_type="LSTM" if kind == Kind.LSTM_ENCODER
-                                      else "MLP", num_layers=case.config.encoder_num_layers,
-                                      dropout_scales=dropout_scales(case))
-    np.testing.assert_allclose(out.v, ex.output, rtol=REORDER_F64.rtol, atol=1e-12)
+    out, grads = eb.BOUNDS[Kind.parse(module)](alg, case.params, case.inputs["indices"], case.inputs.get("task_ids"),
+                                               case.dout, dropout_scales(case))
+    np.testing.assert_allclose(out.v, ex.output, rtol=BOUND_VALUES_F64.rtol, atol=BOUND_VALUES_F64.atol)
     for k in ex.grads:
-        np.testing.assert_allclose(grads[k].v, ex.grads[k], rtol=REORDER_F64.rtol, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(grads[k].v, ex.grads[k], rtol=BOUND_VALUES_F64.rtol, atol=BOUND_VALUES_F64.atol,
+                                   err_msg=k)
 
 
 @settings(max_examples=20)

@@ -115,10 +115,10 @@ def test_activation_backward_through_saved_output_matches_central_differences(fn
 
 def test_activation_closed_forms_and_conventions():
     x = np.array([-2.0, 0.0, np.log(3.0)])
-    np.testing.assert_allclose(sigmoid(x), [1 / (1 + np.e**2), 0.5, 0.75], rtol=1e-15)
+    np.testing.assert_allclose(sigmoid(x), [1 / (1 + np.e**2), 0.5, 0.75], rtol=tol.CLOSED_FORM_F64.rtol)
     np.testing.assert_array_equal(relu(x), [0.0, 0.0, np.log(3.0)])
     np.testing.assert_array_equal(relu_backward(np.ones(3), relu(x)), [0.0, 0.0, 1.0])  # zero at 0 (torch)
-    np.testing.assert_allclose(tanh(np.array([np.log(3.0) / 2])), [0.5], rtol=1e-15)  # tanh(ln3/2) = 1/2
+    np.testing.assert_allclose(tanh(np.array([np.log(3.0) / 2])), [0.5], rtol=tol.CLOSED_FORM_F64.rtol)  # tanh(ln3/2) = 1/2
 
 
 def test_sigmoid_saturates_without_overflow_and_keeps_dtype():

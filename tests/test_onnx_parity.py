@@ -15,6 +15,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import mpt_ref
+from mpt_ref import tolerances as tol
 from mpt_ref.testing import strategies as hs
 from onnx_export import expected_output, export
 from onnx_export._spec import module_spec
@@ -255,7 +256,7 @@ def test_reference_oracle_agrees_with_the_classes_on_valid_inputs():
         for variant in ("faithful", "folded"):
             want = module.forward(idx, **extra)
             got = expected_output(module_spec(module), idx, **extra, variant=variant)
-            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(got, want, rtol=tol.ORACLE_VS_F32_MODULE.rtol, atol=tol.ORACLE_VS_F32_MODULE.atol)
 
 
 # -- CUDA (skipped without a GPU) ---------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_masked_tokens_do_not_change_the_output():
     mask = np.array([[1, 1, 0.0]])
     a = base_forward(model, prompt, np.array([[1, 2, 3]]), mask)[0]
     b = base_forward(model, prompt, np.array([[1, 2, 9]]), mask)[0]
-    np.testing.assert_allclose(a, b, rtol=0, atol=0)
+    np.testing.assert_allclose(a, b, rtol=tol.EXACT.rtol, atol=tol.EXACT.atol)
 
 
 @pytest.mark.peft
