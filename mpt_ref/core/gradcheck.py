@@ -39,12 +39,13 @@ def numeric_gradients(
         if max_entries is not None and value.size > max_entries:
             flat = np.sort(rng.choice(value.size, size=max_entries, replace=False))
         grads = np.empty(flat.size, dtype=np.float64)
+        probe = {**params, key: value.copy()}  # one private copy of the probed array, the others shared
         for n, i in enumerate(flat):
-            probe = {k: v.copy() for k, v in params.items()}
             probe[key].flat[i] = value.flat[i] + h
             up = loss(probe)
             probe[key].flat[i] = value.flat[i] - h
             grads[n] = (up - loss(probe)) / (2 * h)
+            probe[key].flat[i] = value.flat[i]
         out[key] = (flat, grads)
     return out
 
