@@ -63,14 +63,8 @@ def dedup_backward(dout: Array, cache: DedupCache) -> Params:
     return core.prompt_encoder_backward(drows, cache.inner)
 
 
-def prompt_encoder_forward(
-    params: Params,
-    indices: IntArray,
-    *,
-    encoder_type: str,
-    num_layers: int = 0,
-    dropout_scales: Sequence[Array] | None = None,
-) -> tuple[Array, EncoderCache | DedupCache]:
+def prompt_encoder_forward(params: Params, indices: IntArray, *, encoder_type: str, num_layers: int = 0,
+                           dropout_scales: Sequence[Array] | None = None) -> tuple[Array, EncoderCache | DedupCache]:
     """core.prompt_encoder_forward's contract; distinct work only when there is no dropout."""
     if dropout_scales is None and indices.size:
         return dedup_forward(params, indices, encoder_type=encoder_type, num_layers=num_layers)
