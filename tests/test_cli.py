@@ -154,3 +154,41 @@ def test_testing_without_hypothesis_names_the_extra():
             "try:\n    import mpt_ref.testing\nexcept ModuleNotFoundError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120).stdout
     assert "pip install 'mpt-ref[testing]'" in out
+
+
+HEAVY = ("onnx", "onnxruntime", "hypothesis", "numpy", "safetensors", "torch")
+
+
+@pytest.mark.parametrize("code", [
+    "import mpt_ref",
+    "from mpt_ref.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass",
+    "from mpt_ref.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+])
+def test_import_version_and_help_load_no_heavy_package(code):
+    """A fast start: `import mpt_ref`, `mpt-ref --version` and `--help` import none of the heavy packages
+    (onnx alone takes seconds on a slow disk); they are imported where used."""
+    probe = code + "\nimport sys\nprint(sorted({m.split('.')[0] for m in sys.modules} & set(%r)))" % (HEAVY,)
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_lazy_public_names_and_the_0_1_import_paths():
+    code = ("import sys, mpt_ref\nassert 'numpy' not in sys.modules\n"
+            "from mpt_ref import PromptEncoder\nimport mpt_ref.config as old, mpt_ref.modules.config as new\n"
+            "from mpt_ref.mpt import mpt_forward\nfrom mpt_ref.core.mpt import mpt_forward as f\n"
+            "assert old is new and mpt_forward is f and old.__spec__.name == 'mpt_ref.modules.config'\n"
+            "assert PromptEncoder.__module__ == 'mpt_ref.modules.prompt_encoder'\n"
+            "assert set(mpt_ref.__all__) <= set(dir(mpt_ref))\n"
+            "try:\n    mpt_ref.nothing\nexcept AttributeError as e:\n    print('refused', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused module 'mpt_ref' has no attribute 'nothing'" in out.stdout
+    assert all(getattr(mpt_ref, name) is not None for name in mpt_ref.__all__)
+
+
+def test_the_help_only_entries_match_each_command_s_own_help():
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(cli.COMMANDS)
+    for action in sub._choices_actions:
+        assert action.help == cli.COMMANDS[action.dest][1], action.dest

@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _module_args(p)
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("parity", help="run an exported model in onnxruntime against the float64 reference")
+    p = sub.add_parser("parity", help="run an exported prompt graph in onnxruntime against the float64 reference")
     p.add_argument("model", help="an .onnx file written by mpt-ref export")
     _module_args(p)
     add_json(p, "the parity report")

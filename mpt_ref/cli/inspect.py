@@ -53,6 +53,7 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("inspect", help="config, tensors (name, shape, dtype) and checksums of an adapter or checkpoint")
+    p = sub.add_parser("inspect", help="what a PEFT adapter, a checkpoint or an .onnx file holds: config, files, "
+                                          "tensors (key, shape, stored dtype), checksums, ONNX metadata and signature")
     p.add_argument("path", help="a PEFT adapter directory, or a .safetensors / .bin checkpoint")
     p.set_defaults(func=_main)
