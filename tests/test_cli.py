@@ -139,13 +139,13 @@ def test_parity_json_and_the_model_names_its_module(tmp_path, capsys):
     capsys.readouterr()
 
     assert main(["parity", str(model), "--kind", "mlp", "--seed", "7", "--json", str(tmp_path / "p.json")]) == 0
-    assert "note:" not in capsys.readouterr().out
+    assert "note:" not in "".join(capsys.readouterr())
     saved = json.loads((tmp_path / "p.json").read_text())
     assert saved["verdict"] == "PASS" and saved["report"]["notes"] == []
     # rebuilt with another seed: a FAIL that says why
     assert main(["parity", str(model), "--kind", "mlp", "--seed", "0"]) == 1
-    out = capsys.readouterr().out
-    assert "note: the model's weights" in out and "pass --seed 7" in out
+    out, err = capsys.readouterr()
+    assert "note:" not in out and "note: the model's weights" in err and "pass --seed 7" in err
     assert main(["parity", str(model), "--kind", "mlp", "--seed", "7", "--json", str(tmp_path / "p.json")]) == 2
 
 
@@ -192,3 +192,75 @@ def test_the_help_only_entries_match_each_command_s_own_help():
     assert list(sub.choices) == list(cli.COMMANDS)
     for action in sub._choices_actions:
         assert action.help == cli.COMMANDS[action.dest][1], action.dest
+
+
+# -- parity reads the model's own metadata, names the fields that differ, refuses whole models ----------------
+
+
+def _adapter(path, T, seed=5):
+    config = mpt_ref.MultitaskPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=T, token_dim=16,
+                                                 num_tasks=3, num_ranks=2)
+    mpt_ref.MultitaskPromptEmbedding(config, seed=seed).save_pretrained(path)
+    return str(path)
+
+
+def test_parity_reads_the_config_and_seed_the_model_names(tmp_path, capsys):
+    model = str(tmp_path / "m.onnx")
+    assert main(["export", "-o", model, "--kind", "lstm", "--seed", "7"]) == 0
+    capsys.readouterr()
+    assert main(["parity", model]) == 0  # no --kind, no --seed: the model's mpt_ref.config and init seed
+    out, err = capsys.readouterr()
+    assert "note:" not in out + err and out.rstrip().endswith("verdict: PASS")
+
+
+def test_parity_of_an_adapter_export_without_the_adapter(tmp_path, capsys):
+    """Was 4 x FAIL: parity rebuilt the built-in default (T=10) instead of reading the model's config."""
+    ad = _adapter(tmp_path / "ad", 8)
+    faithful, folded = str(tmp_path / "f.onnx"), str(tmp_path / "fo.onnx")
+    assert main(["export", ad, "-o", faithful, "--variant", "faithful"]) == 0
+    assert main(["export", ad, "-o", folded]) == 0
+    capsys.readouterr()
+    assert main(["parity", faithful]) == 0  # weights under PEFT keys in the graph: checked, and the verdict says so
+    assert "verdict: PASS (weights taken from the model itself" in capsys.readouterr().out
+    assert main(["parity", folded]) == 2  # a folded graph holds the table, not the factors: ask for the adapter
+    err = capsys.readouterr().err
+    assert "expected the adapter or --checkpoint it was exported from" in err and err.count("\n") == 1
+    assert main(["parity", folded, ad]) == 0
+
+
+def test_parity_names_only_the_config_fields_that_differ(tmp_path, capsys):
+    model = str(tmp_path / "m.onnx")
+    assert main(["export", _adapter(tmp_path / "ad8", 8), "-o", model]) == 0
+    capsys.readouterr()
+    assert main(["parity", model, _adapter(tmp_path / "ad10", 10)]) == 1
+    out, err = capsys.readouterr()
+    notes = [line for line in err.splitlines() if line.startswith("note: the model was exported from another config")]
+    assert len(notes) == 1 and "(num_virtual_tokens: model 8, adapter 10)" in notes[0]
+    assert "peft_type" not in notes[0] and len(notes[0]) < 300
+    assert "note:" not in out
+
+
+def test_parity_refuses_a_whole_model_and_names_the_command_that_checks_its_prompt(tmp_path, capsys):
+    from onnx import TensorProto, helper, numpy_helper
+    from safetensors.numpy import save_file
+
+    import numpy as np
+
+    D = 16
+    x = helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", D])
+    m = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 5])
+    U = numpy_helper.from_array(np.ones((D, 5), np.float32), "U")
+    graph = helper.make_graph([helper.make_node("MatMul", ["inputs_embeds", "U"], ["logits"])], "toy", [x, m], [y],
+                              initializer=[U])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10),
+              str(tmp_path / "base.onnx"))
+    save_file({"model.embed_tokens.weight": np.ones((11, D), np.float32)}, str(tmp_path / "base.safetensors"))
+    whole = str(tmp_path / "whole.onnx")
+    assert main(["export-model", _adapter(tmp_path / "ad", 4), "--base-onnx", str(tmp_path / "base.onnx"),
+                 "--base-weights", str(tmp_path / "base.safetensors"), "-o", whole]) == 0
+    capsys.readouterr()
+    assert main(["parity", whole]) == 2  # was exit 1: "Required inputs (['input_ids', 'attention_mask']) are missing"
+    err = capsys.readouterr().err
+    assert "written by mpt-ref export-model" in err and "mpt-ref export ADAPTER_DIR -o prompt.onnx" in err
+    assert "Traceback" not in err and err.count("\n") == 1

@@ -181,7 +181,7 @@ def test_wheel_install_runs_the_readme_from_another_directory(dists, tmp_path):
 
     _run(mpt + ["export", "-o", "mpt.onnx", "--variant", "folded"], cwd=work, env=env)
     _run(mpt + ["parity", "mpt.onnx", "--providers", "cpu"], cwd=work, env=env)
-    _run(mpt + ["export", "-o", "faithful.onnx"], cwd=work, env=env)
+    _run(mpt + ["export", "-o", "faithful.onnx", "--variant", "faithful"], cwd=work, env=env)
     (work / "cfg").mkdir()
     (work / "cfg" / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "MULTITASK_PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": 10, "token_dim": 32,

@@ -71,8 +71,11 @@ seed_int = int_at_least(0)      # numpy's default_rng refuses negative seeds
 positive_int = int_at_least(1)  # batch sizes, threads, repeats
 
 
-def refuse_existing(option: str, path: str | None, force: bool) -> None:
-    """Refuse an output that exists (unless --force) before anything runs."""
+def refuse_existing(option: str, path: str | None, force: bool, example: str = "report.json") -> None:
+    """Refuse an output that exists (unless --force) or is a directory, before anything runs."""
+    if path and path != STDOUT and Path(path).is_dir():  # --force would not help: say what would
+        raise OutputExistsError(f"{option}: expected a file path, got an existing directory: {path} (name a file "
+                                f"in it, e.g. {Path(path) / example})")
     if path and path != STDOUT and Path(path).exists() and not force:
         raise OutputExistsError(f"{option}: expected a new file, got an existing one: {path} (use --force)")
 
