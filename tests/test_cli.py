@@ -75,13 +75,13 @@ def _code(argv):
 
 
 def test_existing_outputs_are_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    import mpt_ref.cli.bench as bench_cli
+    import mpt_ref.bench.run as bench_run
     import mpt_ref.cli.export as export_cli
 
     def must_not_run(*a, **k):
         raise AssertionError("the command ran before refusing its output")
 
-    monkeypatch.setattr(bench_cli, "run", must_not_run)
+    monkeypatch.setattr(bench_run, "run", must_not_run)
     monkeypatch.setattr(export_cli, "module_from_args", must_not_run)
     (tmp_path / "bench.json").write_text("keep")
     (tmp_path / "m.onnx").write_text("keep")
