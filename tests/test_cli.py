@@ -264,3 +264,71 @@ def test_parity_refuses_a_whole_model_and_names_the_command_that_checks_its_prom
     err = capsys.readouterr().err
     assert "written by mpt-ref export-model" in err and "mpt-ref export ADAPTER_DIR -o prompt.onnx" in err
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+# -- conventions: options that do not apply, '-' for stdout, usage of the subcommand, -q / -v ------------------
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["export", "{ad}", "-o", "{tmp}/x.onnx", "--kind", "lstm"], "--kind"),
+    (["export", "{ad}", "-o", "{tmp}/x.onnx", "--seed", "3"], "--seed"),
+    (["export", "-o", "{tmp}/x.onnx", "--full-encoder"], "--full-encoder"),
+    (["export", "-o", "{tmp}/x.onnx", "--config", "{ad}", "--kind", "mlp"], "--kind"),
+    (["export", "{ad}", "-o", "{tmp}/t.npy", "--format", "prompt-table", "--variant", "folded"], "--variant"),
+    (["export", "{ad}", "-o", "{tmp}/t.npy", "--format", "prompt-table", "--max-batch-size", "4"], "--max-batch-size"),
+    (["export", "{ad}", "-o", "{tmp}/x.onnx", "--vocab-size", "50"], "--vocab-size"),
+    (["export", "{ad}", "-o", "{tmp}/x.onnx", "--name", "m"], "--name"),
+    (["export", "{ad}", "-o", "-", "--format", "triton"], "--output"),
+    (["verify", "--onnx", "{tmp}/x.onnx", "--module", "mpt"], "--module"),
+    (["verify", "--candidate", "{tmp}", "--checkpoint", "w.safetensors"], "--checkpoint"),
+    (["vectors", "-"], "OUT_DIR"),
+    (["bench", "--plot", "-"], "--plot"),
+])
+def test_options_that_do_not_apply_are_refused_naming_the_option(tmp_path, capsys, argv, option):
+    ad = _adapter(tmp_path / "ad", 4)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert _code([a.replace("{tmp}", str(tmp_path)).replace("{ad}", ad) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"error: {option}: expected" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_export_to_stdout_and_into_an_existing_directory(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mpt_ref", *a], cwd=ROOT, capture_output=True,  # noqa: E731
+                                    timeout=300)
+    proc = run("export", "-o", "-", "--kind", "mlp")
+    assert proc.returncode == 0
+    model = onnx.load_from_string(proc.stdout)  # stdout holds the model alone; the report is on stderr
+    assert model.graph.name == "mpt_ref_mlp_encoder_folded" and b"verdict: PASS" in proc.stderr
+    assert not (ROOT / "-").exists()
+    proc = run("export", "-o", str(tmp_path), "--kind", "mlp")  # was: "use --force", which then failed too
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and f"name a file in it, e.g. {tmp_path / 'prompt.onnx'}" in err and "--force" not in err
+
+
+def test_an_unknown_option_prints_the_subcommand_s_usage(capsys):
+    assert _code(["export", "-o", "x.onnx", "--bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: mpt-ref export ") and "unrecognized arguments: --bogus" in err
+
+
+def test_quiet_hides_notes_and_verbose_adds_the_time(tmp_path, capsys):
+    model = str(tmp_path / "m.onnx")
+    assert main(["export", "-o", model, "--kind", "mlp", "--seed", "7"]) == 0
+    capsys.readouterr()
+    assert main(["parity", model, "--kind", "mlp", "--seed", "0"]) == 1
+    assert "note: the model's weights" in capsys.readouterr().err
+    assert main(["-q", "parity", model, "--kind", "mlp", "--seed", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert "note:" not in err and "verdict: FAIL" in out
+    assert main(["parity", model, "-v"]) == 0
+    assert "mpt-ref parity: exit 0 after " in capsys.readouterr().err
+
+
+def test_the_triton_name_default_in_help_is_what_is_written(tmp_path, capsys):
+    ad = _adapter(tmp_path / "ad", 4)
+    assert main(["export", ad, "--format", "triton", "-o", str(tmp_path / "repo")]) == 0
+    written = [p.name for p in (tmp_path / "repo").iterdir()]
+    export = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["export"]
+    help_text = next(a.help for a in export._actions if a.dest == "name")
+    assert written == ["prompt_mpt_folded"] and "prompt_<kind>_<variant>, e.g. prompt_mpt_folded" in help_text
