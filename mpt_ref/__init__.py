@@ -64,9 +64,16 @@ _MOVED = {
 
 
 class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
-    """``mpt_ref.<old>`` -> the module ``mpt_ref.<new>`` itself (one object under both names)."""
+    """``mpt_ref.<old>`` -> the module ``mpt_ref.<new>`` itself (one object under both names); and
+    ``mpt_ref.modules.base`` gets a stand-in adapter loader (``Cls.from_pretrained``), which imports the
+    interop layer on first use, since this package no longer imports it eagerly."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname == _BASE:
+            spec = _machinery.PathFinder.find_spec(fullname, path)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _ThenRegister(spec.loader)
+            return spec
         package, _, old = fullname.rpartition(".")
         if package != __name__ or old not in _MOVED:
             return None
@@ -81,8 +88,34 @@ class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
         module.__spec__ = module.__spec__.loader_state  # its own spec back: the module is already run
 
 
+_BASE = f"{__name__}.modules.base"
+
+
+def _load_peft_adapter(*args: Any, **kwargs: Any) -> Any:
+    return _importlib.import_module(f"{__name__}.interop.adapter").load_peft_adapter(*args, **kwargs)
+
+
+class _ThenRegister(_abc.Loader):
+    """The file loader of modules/base.py, then ``register_adapter_loader(_load_peft_adapter)`` (the
+    interop layer registers the real one when it is imported)."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... (tracebacks, inspect)
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        if module._ADAPTER_LOADER is None:
+            module.register_adapter_loader(_load_peft_adapter)
+
+
 if not any(isinstance(f, _MovedModules) for f in _sys.meta_path):
-    _sys.meta_path.append(_MovedModules())
+    _sys.meta_path.insert(0, _MovedModules())
 
 __all__ = [
     "SPEC_VERSION",

@@ -332,3 +332,18 @@ def test_the_triton_name_default_in_help_is_what_is_written(tmp_path, capsys):
     export = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["export"]
     help_text = next(a.help for a in export._actions if a.dest == "name")
     assert written == ["prompt_mpt_folded"] and "prompt_<kind>_<variant>, e.g. prompt_mpt_folded" in help_text
+
+
+def test_from_pretrained_works_without_importing_the_interop_layer_first(tmp_path):
+    """`import mpt_ref` no longer imports mpt_ref.interop (which registers load_peft_adapter for
+    Cls.from_pretrained): the README's first example failed with "expected mpt_ref.interop.adapter to be
+    imported" until modules/base.py got a stand-in that imports it on first use."""
+    code = ("import sys\nfrom mpt_ref.modules.multitask import MultitaskPromptEmbedding as M\n"
+            "from mpt_ref.modules.config import MultitaskPromptTuningConfig as C\n"
+            "assert 'mpt_ref.interop.adapter' not in sys.modules\n"
+            "m = M(C(task_type='CAUSAL_LM', num_virtual_tokens=3, token_dim=4, num_tasks=2), seed=0)\n"
+            f"m.save_pretrained({str(tmp_path / 'a')!r})\n"
+            f"print(type(M.from_pretrained({str(tmp_path / 'a')!r})).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "MultitaskPromptEmbedding"
