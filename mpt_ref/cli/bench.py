@@ -32,9 +32,10 @@ def _main(args: argparse.Namespace) -> int:
     modules = [args.only] if args.only else list(MODULES)
     sweep = not args.no_sweep
     repeats = args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS)
-    eta = estimate_s(modules, quick=args.quick, repeats=repeats, sweep=sweep)
+    warmup = 1 if args.quick else 2
+    eta = estimate_s(modules, quick=args.quick, repeats=repeats, warmup=warmup, sweep=sweep)
     progress(f"mpt-ref bench: about {minutes(eta)} on a 2-core machine like CI's ({'quick run' if args.quick else 'full run; --quick for a smoke run of seconds'}); progress below")
-    report = run(modules, quick=args.quick, threads=args.threads, repeats=repeats, sweep=sweep,
+    report = run(modules, quick=args.quick, threads=args.threads, repeats=repeats, warmup=warmup, sweep=sweep,
                  progress=progress, detail=detail if verbosity() > 0 else (lambda m: None))
     from mpt_ref.bench.report import format_table, markdown_table, to_json
 
@@ -58,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time the NumPy reference against PEFT-torch and onnxruntime")
     p.add_argument("--only", type=kind_arg, choices=KINDS, metavar="KIND",
                    help=f"one module kind, of {', '.join(KINDS)} (default: all)")
-    p.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats, no torch.onnx.export peer: a smoke run (~10 s with PEFT installed, "
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats after 1 warm-up, no torch.onnx.export peer: a smoke run (~10 s with PEFT installed, "
                         "~2 s without)")
     p.add_argument("--threads", type=positive_int, default=2, help="threads for torch and onnxruntime (default 2)")
     p.add_argument("--repeats", type=positive_int, default=None,
