@@ -192,8 +192,8 @@ def metadata_mismatches(meta: dict[str, str], module: Any, spec: ModuleSpec, her
     the metadata, e.g. from older exports, are not judged). ``here`` names where the module came from."""
     identity = module_identity(module, spec)
     notes = []
-    if "config" in meta and meta["config"] != identity["config"]:
-        fields = config_differences(meta["config"], identity["config"], here)
+    fields = config_differences(meta["config"], identity["config"], here) if "config" in meta else []
+    if fields:  # (the same fields written another way are the same config)
         notes.append(f"the model was exported from another config ({'; '.join(fields)}); give the adapter or "
                      "--config it was exported from, or neither: parity then reads the model's own config")
     if "params_sha256" in meta and meta["params_sha256"] != identity["params_sha256"]:
