@@ -105,7 +105,7 @@ def test_markdown_keeps_the_spread_and_marks_noisy_cells():
 def test_the_estimate_counts_the_cases_asked_for():
     quick = bench_run.estimate_s(["mpt"], quick=True, repeats=3, sweep=False)
     full = bench_run.estimate_s(list(bench_run.MODULES), repeats=7)
-    assert 0 < quick < 30 < 60 * 5 < full  # a smoke run of seconds; the full run many minutes
+    assert 0 < quick < 30 and full > 5 * quick  # a smoke run of seconds; the full run minutes
     assert bench_run.estimate_s(["mpt"], repeats=14, sweep=False) > bench_run.estimate_s(["mpt"], repeats=7, sweep=False)
 
 

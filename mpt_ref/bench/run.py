@@ -53,9 +53,11 @@ def _encoder(kind: str, T: int, D: int, H: int, L: int = 2) -> Callable[[], Any]
     return lambda: PromptEncoder(cfg, seed=0).eval()
 
 
-# seconds per case (both row kinds, 7 repeats, every peer, set-up included) in a full run on the 2-core
-# CI machine: the estimate printed before a run, and the weights of the time-left figure during it
-EXPECTED_S = {(768, 1): 30.0, (768, 8): 30.0, (4096, 1): 60.0, (4096, 8): 60.0, "MLP": 30.0, "LSTM": 300.0}
+# seconds per case (both row kinds, 2 + 7 runs of every peer, the tracemalloc runs, set-up and exports)
+# on a quiet 2-core machine, from the medians in the README's table: the estimate printed before a run
+# and the weights of the time-left figure during it (a busy machine is many times slower: OpenBLAS and
+# torch threads wait for cores)
+EXPECTED_S = {(768, 1): 3.0, (768, 8): 3.0, (4096, 1): 8.0, (4096, 8): 8.0, "MLP": 4.0, "LSTM": 35.0}
 FULL = {
     Kind.MPT: [Case(f"MPT B32 T100 D{D} K8 R{R}", _mpt(D, R), 32, EXPECTED_S.get((D, R), 30.0))
                for D in (768, 4096) for R in (1, 8)],
@@ -69,7 +71,7 @@ QUICK = {
 }
 MODULES = tuple(FULL)  # the kinds the bench times
 SWEEP = [(B, D) for B in (8, 32, 128) for D in (768, 4096)]  # MPT T100 K8 R8, NumPy fwd+bwd
-SWEEP_EXPECTED_S, STARTUP_S, PEFT_IMPORT_S = 20.0, 1.0, 5.0  # the sweep; imports: ours; torch + peft (+ transformers)
+SWEEP_EXPECTED_S, STARTUP_S, PEFT_IMPORT_S = 5.0, 1.0, 5.0  # the sweep; imports: ours; torch + peft (+ transformers)
 
 
 def inputs_for(module: Any, batch: int, peft_rows: bool, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -204,8 +206,8 @@ def plan(modules: list[str], *, quick: bool, sweep: bool) -> list[Case]:
 
 def estimate_s(modules: list[str], *, quick: bool = False, repeats: int = 7, warmup: int = 2,
                sweep: bool = True) -> float:
-    """Seconds the run should take on the 2-core CI machine (each case's measured time, scaled by the
-    timed runs asked for); a slower or busier machine takes longer."""
+    """Seconds the run should take on a quiet 2-core machine (EXPECTED_S, scaled by the timed runs asked
+    for); a busier machine takes longer, and the progress lines' time left follows the real pace."""
     scale = (repeats + warmup) / (7 + 2)
     cases = plan(modules, quick=quick, sweep=sweep)
     total = sum(c.expected_s for c in cases) * scale

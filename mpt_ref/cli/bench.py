@@ -34,7 +34,9 @@ def _main(args: argparse.Namespace) -> int:
     repeats = args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS)
     warmup = 1 if args.quick else 2
     eta = estimate_s(modules, quick=args.quick, repeats=repeats, warmup=warmup, sweep=sweep)
-    progress(f"mpt-ref bench: about {minutes(eta)} on a 2-core machine like CI's ({'quick run' if args.quick else 'full run; --quick for a smoke run of seconds'}); progress below")
+    what = "quick run" if args.quick else "full run; --quick for a smoke run of seconds"
+    progress(f"mpt-ref bench: about {minutes(eta)} on a quiet 2-core machine, longer on a busy one ({what}); "
+             "progress below")
     report = run(modules, quick=args.quick, threads=args.threads, repeats=repeats, warmup=warmup, sweep=sweep,
                  progress=progress, detail=detail if verbosity() > 0 else (lambda m: None))
     from mpt_ref.bench.report import format_table, markdown_table, to_json
