@@ -3,11 +3,18 @@ and P-tuning modules, with hand-written forward and backward passes. The math li
 
 The package is layered (README "Layout"; the import contract in pyproject.toml): foundation files here
 (errors, tolerances, _checks, _types, _version) → core/ → io/ → modules/ → interop/ → onnx_export,
-testing/, conformance/, train/, bench/ → cli/. This file only re-exports the public API.
+testing/, conformance/, train/, bench/ → cli/. This file only re-exports the public API, lazily:
+``import mpt_ref`` loads the version and the exceptions; a class is imported on first use
+(``mpt_ref.PromptEncoder``), so ``mpt-ref --version`` never loads NumPy or onnx.
 """
 
+from __future__ import annotations
+
 import importlib as _importlib
+import importlib.abc as _abc
+import importlib.machinery as _machinery
 import sys as _sys
+from typing import Any
 
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import (
@@ -19,24 +26,34 @@ from mpt_ref.errors import (
     MptRefError,
     OutputExistsError,
 )
-from mpt_ref.interop.adapter import load_peft_adapter, save_pretrained
-from mpt_ref.modules.config import (
-    MultitaskPromptTuningConfig,
-    MultitaskPromptTuningInit,
-    PeftType,
-    PromptEncoderConfig,
-    PromptEncoderReparameterizationType,
-    PromptTuningConfig,
-    PromptTuningInit,
-    TaskType,
-    config_from_dict,
-    load_config,
-)
-from mpt_ref.modules.multitask import MultitaskPromptEmbedding
-from mpt_ref.modules.prompt_embedding import PromptEmbedding
-from mpt_ref.modules.prompt_encoder import PromptEncoder
 
-# Module paths of 0.1 (flat layout), kept importable: ``from mpt_ref.mpt import mpt_forward`` etc.
+# public name -> the module that defines it, imported on first access (PEP 562 module __getattr__)
+_LAZY = {
+    "load_peft_adapter": "interop.adapter", "save_pretrained": "interop.adapter",
+    **{name: "modules.config" for name in (
+        "MultitaskPromptTuningConfig", "MultitaskPromptTuningInit", "PeftType", "PromptEncoderConfig",
+        "PromptEncoderReparameterizationType", "PromptTuningConfig", "PromptTuningInit", "TaskType",
+        "config_from_dict", "load_config")},
+    "MultitaskPromptEmbedding": "modules.multitask",
+    "PromptEmbedding": "modules.prompt_embedding",
+    "PromptEncoder": "modules.prompt_encoder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # later accesses skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+# Module paths of 0.1 (flat layout), kept importable: ``from mpt_ref.mpt import mpt_forward`` etc. A
+# meta-path finder answers them with the module at its new path, imported only when asked for.
 _MOVED = {
     "activations": "core.activations", "embedding": "core.embedding", "gradcheck": "core.gradcheck",
     "linear": "core.linear", "lstm": "core.lstm", "lstm_stack": "core.lstm_stack", "mlp_head": "core.mlp_head",
@@ -44,8 +61,61 @@ _MOVED = {
     "init": "modules.init", "multitask": "modules.multitask", "prompt_embedding": "modules.prompt_embedding",
     "prompt_encoder": "modules.prompt_encoder", "adapter": "interop.adapter",
 }
-for _old, _new in _MOVED.items():
-    _sys.modules[f"{__name__}.{_old}"] = _importlib.import_module(f"{__name__}.{_new}")
+
+
+class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
+    """``mpt_ref.<old>`` -> the module ``mpt_ref.<new>`` itself (one object under both names); and
+    ``mpt_ref.modules.base`` gets a stand-in adapter loader (``Cls.from_pretrained``), which imports the
+    interop layer on first use, since this package no longer imports it eagerly."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname == _BASE:
+            spec = _machinery.PathFinder.find_spec(fullname, path)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _ThenRegister(spec.loader)
+            return spec
+        package, _, old = fullname.rpartition(".")
+        if package != __name__ or old not in _MOVED:
+            return None
+        return _machinery.ModuleSpec(fullname, self)
+
+    def create_module(self, spec: Any) -> Any:
+        module = _importlib.import_module(f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}")
+        spec.loader_state = module.__spec__  # the import system stamps the alias's spec on it next
+        return module
+
+    def exec_module(self, module: Any) -> None:
+        module.__spec__ = module.__spec__.loader_state  # its own spec back: the module is already run
+
+
+_BASE = f"{__name__}.modules.base"
+
+
+def _load_peft_adapter(*args: Any, **kwargs: Any) -> Any:
+    return _importlib.import_module(f"{__name__}.interop.adapter").load_peft_adapter(*args, **kwargs)
+
+
+class _ThenRegister(_abc.Loader):
+    """The file loader of modules/base.py, then ``register_adapter_loader(_load_peft_adapter)`` (the
+    interop layer registers the real one when it is imported)."""
+
+    def __init__(self, loader: Any) -> None:
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:  # get_source, get_filename, ... (tracebacks, inspect)
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self._loader.exec_module(module)
+        if module._ADAPTER_LOADER is None:
+            module.register_adapter_loader(_load_peft_adapter)
+
+
+if not any(isinstance(f, _MovedModules) for f in _sys.meta_path):
+    _sys.meta_path.insert(0, _MovedModules())
 
 __all__ = [
     "SPEC_VERSION",

@@ -65,9 +65,10 @@ WEIGHTS_FROM_MODEL = ("weights taken from the model itself (no --checkpoint): a 
                       "cannot be seen")
 
 
-def _build(model: onnx.ModelProto, config_path: str | os.PathLike | None, checkpoint: str | os.PathLike | None,
-           seed: int) -> Any:
-    """The reference module: config from ``config_path`` or the model's mpt_ref.config metadata."""
+def reference_module(model: onnx.ModelProto, config_path: str | os.PathLike | None,
+                     checkpoint: str | os.PathLike | None, seed: int) -> Any:
+    """The reference module: config from ``config_path`` or the model's mpt_ref.config metadata (one
+    reader, shared by ``verify --onnx`` and ``parity``)."""
     if config_path is not None:
         return build_module(str(config_path), None if checkpoint is None else str(checkpoint), Kind.MPT, seed)
     stamped = metadata(model).get("config")
@@ -92,7 +93,7 @@ def verify_onnx(
     """Run the model on in-range inputs (PEFT's arange rows and random rows, and a second batch size
     when the batch is dynamic) and compare with the float64 reference of the configured module."""
     model = load_model(model_path, "--onnx")
-    module: Any = _build(model, config_path, checkpoint, seed)
+    module: Any = reference_module(model, config_path, checkpoint, seed)
     if checkpoint is None:
         module.load_state_dict(weights_from_initializers(model, list(module.state_dict())))
     spec = module_spec(module)

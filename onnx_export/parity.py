@@ -13,6 +13,7 @@ where spec/onnx.md's id policy puts it (``reference.py``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Sequence
 
@@ -172,16 +173,31 @@ class ParityReport:
         return "\n".join(lines)
 
 
-def metadata_mismatches(meta: dict[str, str], module: Any, spec: ModuleSpec) -> list[str]:
+def config_differences(model_config: str, here_config: str, here: str = "here") -> list[str]:
+    """The fields of two config JSON texts that differ, as ``field: model 8, here 10`` (names only
+    those: a config is ~1,000 characters)."""
+    try:
+        ours, theirs = json.loads(model_config), json.loads(here_config)
+    except ValueError:
+        return [f"config: model {shown(model_config, 200)}, {here} {shown(here_config, 200)}"]
+    if not isinstance(ours, dict) or not isinstance(theirs, dict):
+        return [f"config: model {shown(model_config, 200)}, {here} {shown(here_config, 200)}"]
+    value = lambda d, k: shown(json.dumps(d[k]), 80) if k in d else "(absent)"  # noqa: E731
+    return [f"{k}: model {value(ours, k)}, {here} {value(theirs, k)}"
+            for k in sorted(set(ours) | set(theirs), key=str) if ours.get(k, ...) != theirs.get(k, ...)]
+
+
+def metadata_mismatches(meta: dict[str, str], module: Any, spec: ModuleSpec, here: str = "here") -> list[str]:
     """Where the model's metadata names another module than the one checked against (models without
-    the metadata, e.g. from older exports, are not judged)."""
-    here = module_identity(module, spec)
+    the metadata, e.g. from older exports, are not judged). ``here`` names where the module came from."""
+    identity = module_identity(module, spec)
     notes = []
-    if "config" in meta and meta["config"] != here["config"]:
-        notes.append(f"the model was exported from another config than the one rebuilt here: model "
-                     f"{meta['config']}, here {here['config']}; pass the model's --config")
-    if "params_sha256" in meta and meta["params_sha256"] != here["params_sha256"]:
-        seeds = (meta.get("init_seed"), here["init_seed"])
+    fields = config_differences(meta["config"], identity["config"], here) if "config" in meta else []
+    if fields:  # (the same fields written another way are the same config)
+        notes.append(f"the model was exported from another config ({'; '.join(fields)}); give the adapter or "
+                     "--config it was exported from, or neither: parity then reads the model's own config")
+    if "params_sha256" in meta and meta["params_sha256"] != identity["params_sha256"]:
+        seeds = (meta.get("init_seed"), identity["init_seed"])
         hint = (f"; the model says init seed {seeds[0]}, the module here was built with {seeds[1]}: pass --seed "
                 f"{seeds[0]}" if seeds[0] not in (None, "none") and seeds[0] != seeds[1]
                 else "; pass the --checkpoint (or adapter) it was exported from")
@@ -197,6 +213,7 @@ def check_parity(
     providers: Sequence[str] = ("cpu",),
     batch: int = 3,
     seed: int = 0,
+    here: str = "here",
 ) -> ParityReport:
     """Run an exported ``model`` (ModelProto or path) on each provider for the cases of
     ``parity_cases`` and compare with ``module``'s float64 reference. Unavailable providers raise
@@ -213,4 +230,4 @@ def check_parity(
     for provider in providers:
         check_provider(provider)
     comparisons = run_cases(model, spec, cases, providers, dtype=dtype, variant=variant)
-    return ParityReport(spec.module_name, variant, dtype, comparisons, notes=metadata_mismatches(meta, module, spec))
+    return ParityReport(spec.module_name, variant, dtype, comparisons, notes=metadata_mismatches(meta, module, spec, here))

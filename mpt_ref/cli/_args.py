@@ -15,6 +15,41 @@ from mpt_ref.io.atomic import atomic_write_bytes
 
 STDOUT = "-"
 
+# -q (-1): results and errors only; default (0): also progress and notes; -v (1): also detail. All but
+# results go to stderr, so `mpt-ref ... > out.txt` keeps the results alone.
+_VERBOSITY = [0]
+
+
+def set_verbosity(level: int) -> None:
+    _VERBOSITY[0] = level
+
+
+def verbosity() -> int:
+    return _VERBOSITY[0]
+
+
+def note(message: str) -> None:
+    """A ``note:`` line on stderr (hidden by -q)."""
+    if _VERBOSITY[0] >= 0:
+        print(f"note: {message}", file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """A ``warning:`` line on stderr (an option that does not apply, ...); shown even with -q."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (hidden by -q)."""
+    if _VERBOSITY[0] >= 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+def detail(message: str) -> None:
+    """A line on stderr with -v only."""
+    if _VERBOSITY[0] > 0:
+        print(message, file=sys.stderr, flush=True)
+
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse ``type``: an integer >= minimum (argparse then exits 2 with the message)."""
@@ -36,8 +71,11 @@ seed_int = int_at_least(0)      # numpy's default_rng refuses negative seeds
 positive_int = int_at_least(1)  # batch sizes, threads, repeats
 
 
-def refuse_existing(option: str, path: str | None, force: bool) -> None:
-    """Refuse an output that exists (unless --force) before anything runs."""
+def refuse_existing(option: str, path: str | None, force: bool, example: str = "report.json") -> None:
+    """Refuse an output that exists (unless --force) or is a directory, before anything runs."""
+    if path and path != STDOUT and Path(path).is_dir():  # --force would not help: say what would
+        raise OutputExistsError(f"{option}: expected a file path, got an existing directory: {path} (name a file "
+                                f"in it, e.g. {Path(path) / example})")
     if path and path != STDOUT and Path(path).exists() and not force:
         raise OutputExistsError(f"{option}: expected a new file, got an existing one: {path} (use --force)")
 

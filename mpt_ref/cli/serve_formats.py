@@ -24,7 +24,7 @@ def serving_args(p: argparse.ArgumentParser) -> None:
                    help="onnx (default): the prompt graph; prompt-table: TensorRT-LLM/NeMo table .npy + .json "
                         "sidecar; triton: a Triton model repository in the -o directory")
     p.add_argument("--vocab-size", type=int, help="prompt-table: the base vocabulary size V, to list the prompt ids")
-    p.add_argument("--name", help="triton: the model name (default prompt_<kind>)")
+    p.add_argument("--name", help="triton: the model name (default: the graph's, prompt_<kind>_<variant>, e.g. prompt_mpt_folded)")
     p.add_argument("--max-batch-size", type=int, default=8, help="triton: max_batch_size (default 8)")
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from mpt_ref.cli._args import (
     STDOUT,
     kind_arg,
     load_onnx_model,
     positive_int,
+    progress,
     provider_list,
     refuse_existing,
     report_stream,
 )
+from mpt_ref.errors import InputError
 from mpt_ref.conformance import report
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.location import default_vectors_dir
@@ -22,12 +23,29 @@ from mpt_ref.modules.kind import Kind
 
 
 def _vectors(args: argparse.Namespace) -> int:
-    out = vec.write_vectors(args.out_dir, force=args.force, progress=lambda m: print(m, file=sys.stderr))
+    if args.out_dir == STDOUT:
+        raise InputError(f"OUT_DIR: expected a directory (the vectors are many files), got '{STDOUT}' (stdout)")
+    out = vec.write_vectors(args.out_dir, force=args.force, progress=progress)
     print(f"wrote {len(vec.read_index(out)['cases'])} cases to {out}")
     return 0
 
 
+# the options of one mode only, with their defaults (a value other than the default: given)
+ONNX_ONLY = {"--config": ("config", None), "--checkpoint": ("checkpoint", None), "--providers": ("providers", "cpu"),
+             "--batch": ("batch", 3)}
+CANDIDATE_ONLY = {"--vectors": ("vectors", None), "--module": ("module", None), "--forward-only": ("forward_only", False)}
+
+
+def refuse_options_of_the_other_mode(args: argparse.Namespace) -> None:
+    mode, other = ("--onnx", CANDIDATE_ONLY) if args.onnx else ("--candidate", ONNX_ONLY)
+    given = [option for option, (dest, default) in other.items() if getattr(args, dest) != default]
+    if given:
+        raise InputError(f"{given[0]}: expected only with {'--candidate' if mode == '--onnx' else '--onnx'}, got it "
+                         f"with {mode} ({', '.join(given)} do{'es' if len(given) == 1 else ''} not apply)")
+
+
 def _verify(args: argparse.Namespace) -> int:
+    refuse_options_of_the_other_mode(args)
     refuse_existing("--json", args.json, args.force)  # before any work
     refuse_existing("--junit-xml", args.junit_xml, args.force)
     out = report_stream(args)
@@ -44,7 +62,7 @@ def _verify(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     vectors = args.vectors if args.vectors is not None else default_vectors_dir()
     result = verify_directory(vectors, args.candidate, module=args.module, forward_only=args.forward_only,
-                              progress=lambda m: print(m, file=sys.stderr))
+                              progress=progress)
     verdict = ("PASS" if result.ok else "FAIL") + f": {report.summary_line(result.checks)} in {len(result.cases)} cases" + (
         " (forward only: gradients NOT checked)" if result.forward_only else " (outputs and gradients)")
     print(report.format_table(result.checks), file=out)

@@ -382,12 +382,15 @@ def read_torch_checkpoint(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES
     return parse_torch_checkpoint(data, path=str(path), max_bytes=max_bytes)
 
 
-def parse_torch_checkpoint(data: bytes, *, path: str = "<bytes>", max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:
-    """The tensors of the bytes of a torch zip checkpoint; every failure is a CheckpointError."""
+def parse_torch_checkpoint(data: bytes, *, path: str = "<bytes>", max_bytes: int = MAX_BYTES,
+                           stored_dtypes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The tensors of the bytes of a torch zip checkpoint; every failure is a CheckpointError. A dict
+    passed as ``stored_dtypes`` receives each tensor's dtype as stored (``bfloat16`` is widened to
+    float32 in the result)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             _check_zip_structure(data, zf, path)
-            return _read_archive(zf, path, max_bytes)
+            return _read_archive(zf, path, max_bytes, stored_dtypes)
     except CheckpointError:
         raise
     except RecursionError:
@@ -399,7 +402,8 @@ def parse_torch_checkpoint(data: bytes, *, path: str = "<bytes>", max_bytes: int
                               f"one ({exc_text(exc)})") from None
 
 
-def _read_archive(zf: zipfile.ZipFile, path: str, max_bytes: int) -> dict[str, np.ndarray]:
+def _read_archive(zf: zipfile.ZipFile, path: str, max_bytes: int,
+                  stored_dtypes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     infos_list = zf.infolist()
     root = _archive_root(infos_list, path)
     infos = {i.filename: i for i in infos_list}
@@ -466,4 +470,7 @@ def _read_archive(zf: zipfile.ZipFile, path: str, max_bytes: int) -> dict[str, n
         raise CheckpointError(f"{path}: expected tensors holding at most the {budget} elements of their storages, got "
                               f"{sum(t.numel for t in obj.values())} (shared storages: mpt-ref copies, it does not "
                               "return views)")
+    if stored_dtypes is not None:
+        stored_dtypes.update({k: "bfloat16" if v.storage.bf16 else v.storage.data.dtype.newbyteorder("=").name
+                              for k, v in obj.items()})
     return {k: v.materialise() for k, v in obj.items()}

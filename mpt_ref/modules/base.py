@@ -88,6 +88,24 @@ class Module(PeftFiles):
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: v.shape for k, v in self._params.items()}
 
+    # the config fields a repr shows, where the config has them and they are set
+    _REPR_FIELDS = ("task_type", "num_virtual_tokens", "token_dim", "num_transformer_submodules", "num_tasks",
+                    "num_ranks", "encoder_reparameterization_type", "encoder_hidden_size", "encoder_num_layers",
+                    "encoder_dropout", "inference_mode")
+
+    def __repr__(self) -> str:
+        """The config summary, dtype, seed and mode, then every parameter's key and shape."""
+        config = getattr(self, "config", None)
+        fields = [(k, getattr(config, k, None)) for k in self._REPR_FIELDS]
+        summary = ", ".join(f"{k}={getattr(v, 'value', v)!s}" for k, v in fields if v is not None)
+        mode = "" if getattr(self, "training", None) is None else f", {'train' if self.training else 'eval'} mode"
+        params = getattr(self, "_params", {})
+        total = sum(v.size for v in params.values())
+        lines = [f"{type(self).__name__}({summary}; dtype={np.dtype(self.dtype).name}, "
+                 f"seed={getattr(self, 'seed', None)}{mode}; {total:,} parameters)"]
+        lines += [f"  {k}: {tuple(v.shape)}" for k, v in params.items()]
+        return "\n".join(lines)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Copy arrays in, cast to the module dtype. Shapes must match exactly, even when not strict
         (as torch). strict=True also refuses missing and unexpected keys. Values must be finite once cast to the
