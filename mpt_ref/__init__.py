@@ -65,7 +65,7 @@ _MOVED = {
 
 class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
     """``mpt_ref.<old>`` -> the module ``mpt_ref.<new>`` itself (one object under both names); and
-    ``mpt_ref.modules.base`` gets a stand-in adapter loader (``Cls.from_pretrained``), which imports the
+    ``mpt_ref.modules.peft_files`` gets a stand-in adapter loader (``Cls.from_pretrained``), which imports the
     interop layer on first use, since this package no longer imports it eagerly."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
@@ -88,7 +88,7 @@ class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
         module.__spec__ = module.__spec__.loader_state  # its own spec back: the module is already run
 
 
-_BASE = f"{__name__}.modules.base"
+_BASE = f"{__name__}.modules.peft_files"  # holds the adapter-loader registry
 
 
 def _load_peft_adapter(*args: Any, **kwargs: Any) -> Any:
@@ -96,7 +96,7 @@ def _load_peft_adapter(*args: Any, **kwargs: Any) -> Any:
 
 
 class _ThenRegister(_abc.Loader):
-    """The file loader of modules/base.py, then ``register_adapter_loader(_load_peft_adapter)`` (the
+    """The file loader of modules/peft_files.py, then ``register_adapter_loader(_load_peft_adapter)`` (the
     interop layer registers the real one when it is imported)."""
 
     def __init__(self, loader: Any) -> None:
