@@ -8,6 +8,7 @@ _guards.py. Shape letters: B batch, T' looked-up tokens, T rows of E, D, H, K, R
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from mpt_ref.modules.kind import Kind
@@ -70,13 +71,20 @@ def lstm_stack(g: GraphBuilder, spec: ModuleSpec, x: str) -> str:
     creation, default ORT_ENABLE_ALL) on float16 Transpose -> MatMul (spec/onnx.md, known runtime bugs)."""
     p = spec.params
     x = g.node("Transpose", [x], "lstm_input_time_major", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # T',B,D
+    # zero initial states given explicitly (the default when absent): tract cannot size the implicit ones
+    # for a symbolic batch and panics (aborting the process) when it loads the graph
+    state_shape = g.node("Concat", [g.int_const("directions", [2]), g.node("Shape", [x], "lstm_batch", start=1, end=2),
+                                    g.int_const("hidden", [spec.H])], "lstm_state_shape", axis=0)  # [2, B, H]
+    zero = onnx.helper.make_tensor("zero", g.elem_type, [1], [0.0])
+    h0 = g.node("ConstantOfShape", [state_shape], "lstm_initial_state", value=zero)  # 2,B,H
     for k in range(spec.L):
         key = lambda name, suffix="": p[f"lstm_head.{name}_l{k}{suffix}"]  # noqa: E731
         w = g.weight(f"lstm_head.W_l{k}", _layout.lstm_w(key("weight_ih"), key("weight_ih", "_reverse")))  # 2,4H,I
         r = g.weight(f"lstm_head.R_l{k}", _layout.lstm_r(key("weight_hh"), key("weight_hh", "_reverse")))  # 2,4H,H
         b = g.weight(f"lstm_head.B_l{k}", _layout.lstm_b(key("bias_ih"), key("bias_hh"),
                                                            key("bias_ih", "_reverse"), key("bias_hh", "_reverse")))  # 2,8H
-        y = g.node("LSTM", [x, w, r, b], f"lstm_l{k}_Y", hidden_size=spec.H, direction="bidirectional")  # T',2,B,H
+        y = g.node("LSTM", [x, w, r, b, "", h0, h0], f"lstm_l{k}_Y", hidden_size=spec.H,
+                   direction="bidirectional")  # T',2,B,H
         y = g.node("Transpose", [y], f"lstm_l{k}_Y_time_batch_dir", perm=list(_layout.LSTM_Y_TO_TIME_BATCH_DIR))  # T',B,2,H
         x = g.node("Reshape", [y, g.int_const("merge_directions", [0, 0, -1])], f"lstm_l{k}_out")  # T',B,2H
     return x  # T',B,2H
