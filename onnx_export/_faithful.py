@@ -8,7 +8,6 @@ _guards.py. Shape letters: B batch, T' looked-up tokens, T rows of E, D, H, K, R
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import TensorProto
 
 from mpt_ref.modules.kind import Kind
@@ -71,12 +70,15 @@ def lstm_stack(g: GraphBuilder, spec: ModuleSpec, x: str) -> str:
     creation, default ORT_ENABLE_ALL) on float16 Transpose -> MatMul (spec/onnx.md, known runtime bugs)."""
     p = spec.params
     x = g.node("Transpose", [x], "lstm_input_time_major", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # T',B,D
-    # zero initial states given explicitly (the default when absent): tract cannot size the implicit ones
-    # for a symbolic batch and panics (aborting the process) when it loads the graph
-    state_shape = g.node("Concat", [g.int_const("directions", [2]), g.node("Shape", [x], "lstm_batch", start=1, end=2),
-                                    g.int_const("hidden", [spec.H])], "lstm_state_shape", axis=0)  # [2, B, H]
-    zero = onnx.helper.make_tensor("zero", g.elem_type, [1], [0.0])
-    h0 = g.node("ConstantOfShape", [state_shape], "lstm_initial_state", value=zero)  # 2,B,H
+    # zero initial states given explicitly (the default when absent), as data from x: tract cannot size
+    # implicit states for a symbolic batch (it panicked, aborting the process) nor states whose shape is
+    # computed with Shape (it mixed up batch sizes). x is finite here (invalid ids read row 0), so 0·x = 0.
+    first = g.node("Gather", [x, g.int_const("step0", 0)], "lstm_first_step", axis=0)  # B,D
+    zeros = g.node("ReduceSum", [g.node("Mul", [first, g.weight("lstm_zero", np.zeros(()))], "lstm_first_step_times_0"),
+                                 g.int_const("feature_axis", [1])], "lstm_zeros_B1", keepdims=1)  # B,1
+    state = g.node("Add", [zeros, g.weight("lstm_zero_state", np.zeros((1, spec.H)))], "lstm_zero_state")  # B,H
+    state = g.node("Unsqueeze", [state, g.int_const("direction_axis", [0])], "lstm_zero_state_1")  # 1,B,H
+    h0 = g.node("Concat", [state, state], "lstm_initial_state", axis=0)  # 2,B,H
     for k in range(spec.L):
         key = lambda name, suffix="": p[f"lstm_head.{name}_l{k}{suffix}"]  # noqa: E731
         w = g.weight(f"lstm_head.W_l{k}", _layout.lstm_w(key("weight_ih"), key("weight_ih", "_reverse")))  # 2,4H,I

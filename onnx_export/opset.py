@@ -8,7 +8,7 @@ exported graphs were measured right on — runs them, and so do 1.31 and 1.32 (t
 checks the stamps and the table; spec/onnx.md, runtimes, lists the other runtimes measured).
 
 Operator versions this pins (every op the graphs use; tests/test_onnx_export.py checks the list):
-Add-14, And-7, Cast-21, Concat-13, ConstantOfShape-21, CumSum-14, Equal-19, Gather-13, GreaterOrEqual-16,
+Add-14, And-7, Cast-21, Concat-13, CumSum-14, Equal-19, Gather-13, GreaterOrEqual-16,
 Identity-21, LSTM-14, Less-13, MatMul-13, Mul-14, Or-7, Pad-21, ReduceMin-20, ReduceSum-13, Relu-14,
 Reshape-21, Shape-21, Slice-13, Sub-14, Transpose-21, Unsqueeze-21, Where-16.
 """

@@ -60,7 +60,7 @@ INSTALL_HINTS = {
 SETTINGS = {
     "openvino-ep": "OpenVINO EP in FP32 precision",
     OPENVINO: "OpenVINO CPU with INFERENCE_PRECISION_HINT=f32",
-    TRACT: "tract, fixed shapes per input shape",
+    TRACT: "tract, the model as exported: symbolic batch and token axes",
 }
 
 

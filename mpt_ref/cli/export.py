@@ -24,12 +24,13 @@ from typing import Any
 
 from mpt_ref.cli._args import (
     add_json,
+    add_runtime,
     kind_arg,
     load_onnx_model,
     positive_int,
-    provider_list,
     refuse_existing,
     report_stream,
+    runtime_providers,
     seed_int,
     write_json,
 )
@@ -72,6 +73,7 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="init seed, an integer >= 0 (default 0)")
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="batch size of the parity inputs (default 3)")
+    add_runtime(p)
 
 
 def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace) -> int:
@@ -83,7 +85,7 @@ def _report(model: Any, module: Any, providers: list[str], args: argparse.Namesp
 
 
 def _export(args: argparse.Namespace) -> int:
-    providers = provider_list(args.providers)  # refuse a bad list, or an existing output, before any work or write
+    providers = runtime_providers(args.runtime, args.providers)  # refuse a bad list, or an existing output, before any work or write
     if args.format == "onnx":  # the serving formats write into directories and check their own files
         refuse_existing("--output", args.output, args.force)
     module = module_from_args(args)
@@ -96,7 +98,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _parity(args: argparse.Namespace) -> int:
-    providers = provider_list(args.providers)
+    providers = runtime_providers(args.runtime, args.providers)
     refuse_existing("--json", args.json, args.force)
     model = load_onnx_model("model", args.model)
     module = module_from_args(args)
