@@ -5,14 +5,11 @@ indices (arange(T)) and rounded once to the export dtype; the graph is one Gathe
 - mlp: ``prompt_table`` (T, D); the head acts row by row, so table[indices] is exact for any indices.
 - lstm: ``prompt_table`` (T, D), gathered as one (T, D) block per row; rows that are not arange(T)
   come out NaN (an LSTM output depends on the whole row, so a table cannot serve them).
-- mpt: a row that is PEFT's arange(T) gets its task's row of ``task_prompt_table`` (K, T, D), row k =
-  E ⊙ (C_k @ R_k) rounded once; any other row the folded-any form below. Both are computed and Where
-  picks per row (branch-free: every runtime serves it the same way, whatever the order of calls). Ids
-  follow the faithful policy: an invalid task id gives a NaN row, an invalid index a NaN vector at its
-  position.
+- mpt: ``task_prompt_table`` (K, T, D), row k = E ⊙ (C_k @ R_k), and one Gather by task id picks a
+  row's whole prompt (the fastest standard-op form measured); as for the LSTM, a row that is not
+  PEFT's arange(T) comes out NaN (folded-any serves any rows). An invalid task id gives a NaN row.
 
-variant="folded-any": the fastest graph exact for *any* index rows (what "folded" MPT runs when rows are
-not PEFT's). MPT: the per-task prompt factor table P (K, T, D), P_k = C_k @ R_k evaluated in float64
+variant="folded-any": the fastest graph exact for *any* index rows. MPT: the per-task prompt factor table P (K, T, D), P_k = C_k @ R_k evaluated in float64
 and rounded once, then out = Gather(E, indices) ⊙ Gather(P, t): two Gathers and one Mul, no MatMul,
 with the faithful graph's id policy (an invalid index: NaN at its position; an invalid task id: NaN
 row). Embedding and MLP: as "folded" (already exact for any indices). LSTM: the faithful graph (an
@@ -50,17 +47,15 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
                        "prompt_table_1")  # 1,T,D
         sel = redirect(g, g.int_const("row0", 0), peft_rows, 1, "row")  # B, not arange -> the NaN block
         return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D
-    # mpt, branch-free: a row that is PEFT's arange(T) takes its task's row of the prompt table (rounded
-    # once), any other row the any-rows form Gather(E, indices) ⊙ Gather(P, t); Where picks per row. (An If
-    # choosing one form per batch ran one branch only, but onnxruntime's OpenVINO EP returned wrong prompts
-    # once a session had taken one branch and then needed the other, and tract refused it in whole models.)
+    # mpt: one Gather of the task prompt table by task id for rows that are PEFT's arange(T); any other
+    # row is sent to the NaN block, as for the LSTM (folded-any serves any rows). Branch-free: an If choosing
+    # the any-rows form at run time gave wrong prompts on onnxruntime's OpenVINO EP once a session switched
+    # branches, and computing both forms with Where cost 10x the folded-any graph on onnxruntime (bench).
     table = g.weight("task_prompt_table", prompt_table(spec))  # K,T,D
     t = task_rows(g, task_ids, indices)  # B
     t = redirect(g, t, valid_ids(g, t, spec.K, "task_ids"), spec.K, "task_ids")  # B, invalid -> the NaN block
-    peft_prompt = g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_table"), t], "prompt_rows", axis=0)
-    any_prompt = _mpt_any_rows(g, spec, indices, task_ids, guarded=t)  # B,T,D
-    pick = g.node("Unsqueeze", [peft_rows, g.int_const("axes_12", [1, 2])], "row_is_arange_3d")  # B,1,1
-    return g.node("Where", [pick, peft_prompt, any_prompt], "prompt")  # B,T,D
+    t = redirect(g, t, peft_rows, spec.K, "row")  # B, a row that is not arange(T) -> the NaN block
+    return g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_table"), t], "prompt_rows", axis=0)  # B,T,D
 
 
 def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
@@ -72,16 +67,12 @@ def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | N
     return _mpt_any_rows(g, spec, indices, task_ids)
 
 
-def _mpt_any_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None, *,
-                  guarded: str | None = None) -> str:
-    """out = Gather(E, indices) ⊙ Gather(P, t), P_k = C_k @ R_k in float64 rounded once; faithful id policy.
-    ``guarded``: the per-row task ids already checked (invalid -> K), when the caller has them."""
+def _mpt_any_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """out = Gather(E, indices) ⊙ Gather(P, t), P_k = C_k @ R_k in float64 rounded once; faithful id policy."""
     T, D, K = spec.T, spec.D, spec.K
     x = lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")  # B,T,D
-    t = guarded
-    if t is None:
-        t = task_rows(g, task_ids, indices)  # B
-        t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> the NaN block
+    t = task_rows(g, task_ids, indices)  # B
+    t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> the NaN block
     table = g.weight("task_prompt_factors", task_prompt_factors(spec))  # K,T,D
     prompt = g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_factors"), t], "task_prompt", axis=0)  # B,T,D
     return g.node("Mul", [x, prompt], "modulated")  # B,T,D

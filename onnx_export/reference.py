@@ -8,9 +8,8 @@ made valid, then writes NaN exactly where the exported graph must produce NaN:
   (embedding, MLP, MPT), the whole row of an invalid index for the LSTM (both directions read every
   position), the whole row of an invalid task id (MPT);
 - folded-any: as faithful (every row is exact);
-- folded: as faithful for the embedding, the MLP (a table lookup is exact for any indices) and MPT
-  (whose graph switches to the any-rows form when a row is not arange(T)); for the LSTM, whose table
-  holds the prompt for PEFT's indices only, every row that is not arange(T).
+- folded: as faithful for the embedding and the MLP (a table lookup is exact for any indices); for the
+  LSTM and MPT, whose tables hold the prompt for PEFT's indices only, also every row that is not arange(T).
 """
 
 from __future__ import annotations
@@ -79,7 +78,7 @@ def expected_output(spec: ModuleSpec, indices: Any, task_ids: Any = None, *, var
         safe_t = np.where(task_ok, t, 0)
     out = module_math(spec, safe_idx, safe_t)  # B,T',D
     rows_peft = (idx == np.arange(tokens)).all(axis=1) & (tokens == spec.T)  # B
-    if variant == "folded" and spec.kind == Kind.LSTM_ENCODER:
+    if variant == "folded" and spec.kind in (Kind.LSTM_ENCODER, Kind.MPT):
         nan = ~(rows_peft & task_ok)[:, None] & np.ones((1, tokens), dtype=bool)  # B,T'
     elif spec.kind == Kind.LSTM_ENCODER:
         nan = ~idx_ok.all(axis=1, keepdims=True) & np.ones((1, tokens), dtype=bool)  # B,T'

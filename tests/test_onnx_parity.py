@@ -190,22 +190,24 @@ def test_mpt_faithful_nans_exactly_what_invalid_ids_reach(dtype, variant):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_mpt_folded_serves_any_rows_with_the_faithful_id_policy(dtype):
-    """Folded MPT: a batch of PEFT's rows is one Gather of the task prompt table (test_onnx_export's
-    test_folded_tables); any other batch runs the any-rows branch of the graph's If. Either way an
-    invalid task id NaNs its row and an invalid index its own position only, as in the faithful graph."""
+def test_mpt_folded_serves_peft_rows_and_nans_the_others(dtype):
+    """Folded MPT: PEFT's rows are one Gather of the task prompt table (test_onnx_export's
+    test_folded_tables); a row that is not arange(T) (in range or not) and a row with an invalid task id
+    come out NaN, whatever the other rows of the batch; folded-any serves every row."""
     module = build("mpt", EDGE_CONFIGS["mpt"][1])
     T, K = 4, 4
     idx = np.tile(np.arange(T), (6, 1))
-    idx[3] = [1, 0, 2, 3]  # in range but not PEFT's arange row: served, not NaN
+    idx[3] = [1, 0, 2, 3]  # in range but not PEFT's arange row: NaN in the folded graph, served by folded-any
     idx[4, 1] = -3
     tasks = np.array([2, -1, K, 0, 1, 3])
     spec, feeds = module_spec(module), {"indices": idx, "task_ids": tasks}
-    for provider, got in zip(RUNTIMES, run_both(export(module, variant="folded", dtype=dtype), feeds)):
-        want, bound = expected_with_bound(spec, feeds, "folded", onnx_rounding(dtype, provider))
-        assert np.isnan(got[[1, 2]]).all() and np.isnan(got[4, 1]).all()
-        assert not np.isnan(got[[0, 3, 5]]).any() and not np.isnan(got[4, [0, 2, 3]]).any()
-        assert compare("mixed rows", provider, got, want, bound).ok
+    for variant in ("folded", "folded-any"):
+        for provider, got in zip(RUNTIMES, run_both(export(module, variant=variant, dtype=dtype), feeds)):
+            want, bound = expected_with_bound(spec, feeds, variant, onnx_rounding(dtype, provider))
+            assert np.isnan(got[[1, 2]]).all() and np.isnan(got[4, 1]).all()
+            assert not np.isnan(got[[0, 5]]).any()
+            assert np.isnan(got[[3, 4]]).all() if variant == "folded" else not np.isnan(got[3]).any()
+            assert compare("mixed rows", provider, got, want, bound).ok
 
 
 @pytest.mark.parametrize("kind", ["embedding", "mlp", "lstm"])

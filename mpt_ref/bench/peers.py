@@ -93,8 +93,8 @@ def ort_peers(module: Any, inputs: dict[str, np.ndarray], threads: int, peft_row
     peers = []
     for variant in ("faithful", "folded", "folded-any"):
         name = f"ort {variant}"
-        if variant == "folded" and not peft_rows and Kind.of(module) == Kind.LSTM_ENCODER:
-            peers.append(Peer(name, None, "the folded LSTM graph answers PEFT's arange rows only"))
+        if variant == "folded" and not peft_rows and Kind.of(module) in (Kind.LSTM_ENCODER, Kind.MPT):
+            peers.append(Peer(name, None, "the folded graph answers PEFT's arange rows only (folded-any: any rows)"))
             continue
         if variant == "folded-any" and Kind.of(module) != Kind.MPT:
             peers.append(Peer(name, None, "folded-any is the folded (MLP) or faithful (LSTM) graph here"))
