@@ -125,7 +125,7 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
         return x
     # mpt: out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b])
     K, R = spec.K, spec.R
-    t = task_rows(g, task_ids, indices)  # B
+    t = task_rows(g, task_ids, indices, K)  # B
     t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> K
     C = g.weight("prefix_task_cols", spec.params["prefix_task_cols"])  # K,T,R
     Rw = g.weight("prefix_task_rows", spec.params["prefix_task_rows"])  # K,R,D

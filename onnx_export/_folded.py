@@ -52,7 +52,7 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
     # the any-rows form at run time gave wrong prompts on onnxruntime's OpenVINO EP once a session switched
     # branches, and computing both forms with Where cost 10x the folded-any graph on onnxruntime (bench).
     table = g.weight("task_prompt_table", prompt_table(spec))  # K,T,D
-    t = task_rows(g, task_ids, indices)  # B
+    t = task_rows(g, task_ids, indices, spec.K)  # B
     t = redirect(g, t, valid_ids(g, t, spec.K, "task_ids"), spec.K, "task_ids")  # B, invalid -> the NaN block
     t = redirect(g, t, peft_rows, spec.K, "row")  # B, a row that is not arange(T) -> the NaN block
     return g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_table"), t], "prompt_rows", axis=0)  # B,T,D
@@ -71,7 +71,7 @@ def _mpt_any_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str
     """out = Gather(E, indices) ⊙ Gather(P, t), P_k = C_k @ R_k in float64 rounded once; faithful id policy."""
     T, D, K = spec.T, spec.D, spec.K
     x = lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")  # B,T,D
-    t = task_rows(g, task_ids, indices)  # B
+    t = task_rows(g, task_ids, indices, K)  # B
     t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> the NaN block
     table = g.weight("task_prompt_factors", task_prompt_factors(spec))  # K,T,D
     prompt = g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_factors"), t], "task_prompt", axis=0)  # B,T,D

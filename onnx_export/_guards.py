@@ -34,9 +34,10 @@ def nan_padded(g: GraphBuilder, table: str, row_shape: tuple[int, ...], hint: st
     return g.node("Concat", [table, nan_row], f"{hint}_nan_padded", axis=0)
 
 
-def task_rows(g: GraphBuilder, task_ids: str, indices: str) -> str:
-    """task_ids of length B or 1 -> (B,), one task per row; a length that is neither gives NaN rows (or an
-    error where two lengths > 1 cannot broadcast), never a silent broadcast.
+def task_rows(g: GraphBuilder, task_ids: str, indices: str, num_tasks: int) -> str:
+    """task_ids of length B or 1 -> (B,), one task per row, each in [0, num_tasks] (an invalid id ->
+    num_tasks, the NaN row); a length that is neither gives NaN rows (or an error where two lengths > 1
+    cannot broadcast), never a silent broadcast.
 
     Built only from ops tract's symbolic analysis follows (no Expand or Reshape to a computed shape, no
     Range): zeros (B,) from the first column of indices plus task_ids broadcasts a length-1 array, then
@@ -47,7 +48,10 @@ def task_rows(g: GraphBuilder, task_ids: str, indices: str) -> str:
     one = g.int_const("one_i64", 1)
     zeros = g.node("Mul", [g.node("Gather", [indices, zero], "indices_col0", axis=1), zero], "zeros_B")  # B
     ones = g.node("Add", [zeros, one], "ones_B")  # B
-    summed = g.node("Add", [zeros, task_ids], "task_ids_broadcast")  # B (the task_ids length n if B = 1)
+    # the ids are range-checked before any arithmetic (invalid -> K): tract narrowed task ids that were added
+    # to values derived from a whole model's indices to 32 bits
+    checked = redirect(g, task_ids, valid_ids(g, task_ids, num_tasks, "task_ids_in"), num_tasks, "task_ids_in")  # n
+    summed = g.node("Add", [zeros, checked], "task_ids_broadcast")  # B (n if B = 1)
     ones_i32 = g.node("Cast", [ones], "ones_B_i32", to=TensorProto.INT32)  # int32: tract's CumSum takes no shape values
     positions = g.node("Sub", [g.node("CumSum", [ones_i32, g.int_const("axis_0", 0)], "cumsum_B"),
                                g.node("Cast", [one], "one_i32", to=TensorProto.INT32)], "arange_B")  # B: 0..B-1

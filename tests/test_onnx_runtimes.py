@@ -2,13 +2,16 @@
 golden ONNX directories and whole models right on OpenVINO (f32 precision), onnxruntime's OpenVINO EP
 and tract; the bad-id statement per runtime; the caller-side id check; ``--runtime`` on the CLI.
 
-The runtime tests carry the ``runtimes`` marker and skip when the runtime's package is absent (the core
+MPT_REF_RUNTIME_MATRIX=DIR reuses DIR/<provider>.json written by ``runtime_matrix.py --json`` (CI measures
+once, prints the tables, then checks them here). The runtime tests carry the ``runtimes`` marker and skip when the runtime's package is absent (the core
 CI job has none of them; .ci/run's runtimes step installs them). Graphs run in worker processes
 (tests/runtime_matrix.py), so a runtime that aborts fails a test instead of killing pytest."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +45,12 @@ def measured(request):
     """provider -> the matrix results of every graph (measured once per provider; onnxruntime's CPU EP, in
     the core job, on the quick set: one config per module, every sixth golden graph)."""
     cache: dict[str, list] = {}
+    saved = os.environ.get("MPT_REF_RUNTIME_MATRIX")  # CI: the --json files of runtime_matrix.py's run
 
     def get(provider: str) -> list:
+        path = Path(saved or ".") / f"{provider}.json"
+        if provider not in cache and saved and path.is_file():
+            cache[provider] = json.loads(path.read_text())
         if provider not in cache:
             cache[provider] = rm.measure(provider, rm.graph_names(quick=provider == "cpu"))
         return cache[provider]
@@ -66,13 +73,15 @@ def as_int32(value: int) -> int:
     return (value + 2 ** 31) % 2 ** 32 - 2 ** 31
 
 
-def stated_outcome(provider: str, label: str, limit: int) -> str:
+def stated_outcomes(provider: str, label: str, limit: int) -> set[str]:
     """spec/onnx.md's bad-id statement: NaN for every id outside [0, limit) on onnxruntime's CPU EP, the
-    reference and tract; on OpenVINO (runtime and EP) for every id whose int32 narrowing is outside it."""
+    reference and tract; on OpenVINO (runtime and EP) for every id whose int32 narrowing is outside it. An id
+    narrowed into range is a valid id to the graph: its output is that id's (finite, or NaN in a folded graph
+    whose row is then not arange(T))."""
     value = rm.bad_value(label, limit)
-    if provider in ("openvino", "openvino-ep"):
-        return "held" if not 0 <= as_int32(value) < limit else "wrong"
-    return "held"
+    if provider in ("openvino", "openvino-ep") and 0 <= as_int32(value) < limit:
+        return {"held", "wrong"}
+    return {"held"}
 
 
 @pytest.mark.parametrize("provider", [pytest.param("cpu"), *_providers()])
@@ -88,7 +97,7 @@ def test_bad_ids_are_what_spec_states(provider, measured):
             which, label = key.split("/")
             limit = {"indices": module.total_virtual_tokens, "input_ids": rm.V_WORDS,
                      "task_ids": getattr(module, "num_tasks", 0)}[which]
-            assert outcome == stated_outcome(provider, label, limit), (name, key, outcome)
+            assert outcome in stated_outcomes(provider, label, limit), (name, key, outcome)
             seen += 1
     assert seen > 100
 
