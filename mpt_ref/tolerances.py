@@ -68,7 +68,7 @@ ONNX_PARITY = {
     ("float32", "onnx-reference"): _ONNX_F32._replace(reason="float32 ONNX ReferenceEvaluator (NumPy kernels), "
                                                               "measured <= 5e-7 s"),
     ("float16", "onnx-reference"): _ONNX_F16._replace(reason="float16 ONNX ReferenceEvaluator, measured <= 2.4e-3 s"),
-    # CUDA: not measured by these tests (no GPU in CI); shared/notes/cuda-ep.md measured rel 1.3e-7 with
+    # CUDA: not measured by these tests (no GPU in CI); measured once on an H100: rel 1.3e-7 with
     # TF32 off and ~5e-4 with TF32 on (MPT, D=4096, H100).
     ("float32", "cuda"): _ONNX_F32._replace(reason="float32 CUDA EP with use_tf32=0: IEEE float32, other "
                                                    "summation order (1.3e-7 rel measured on an H100)"),
