@@ -201,4 +201,12 @@ ONNX_ROUNDING = {
     ("float16", "onnx-reference"): _GRAPH_F16,
     ("float16", "cuda"): _GRAPH_F16._replace(reason="float16 CUDA EP: float16 storage, float32 accumulation"),
     ("float16", "cuda-tf32"): _GRAPH_F16._replace(reason="float16 CUDA EP: TF32 applies to float32 MatMul only"),
+    # Other runtimes (onnx_export/runtimes.py), each in float32 precision: OpenVINO's CPU default on bf16-capable
+    # CPUs is bf16 (u = 2^-8), far outside these bounds, so the runner sets INFERENCE_PRECISION_HINT=f32.
+    ("float32", "openvino"): _GRAPH_F32._replace(reason="float32 graph on OpenVINO CPU, INFERENCE_PRECISION_HINT=f32"),
+    ("float16", "openvino"): _GRAPH_F16._replace(reason="float16 graph on OpenVINO CPU, INFERENCE_PRECISION_HINT=f32"),
+    ("float32", "openvino-ep"): _GRAPH_F32._replace(reason="float32 graph on onnxruntime's OpenVINO EP, FP32"),
+    ("float16", "openvino-ep"): _GRAPH_F16._replace(reason="float16 graph on onnxruntime's OpenVINO EP, FP32"),
+    ("float32", "tract"): _GRAPH_F32._replace(reason="float32 graph on tract: IEEE single, its own kernels"),
+    ("float16", "tract"): _GRAPH_F16._replace(reason="float16 graph on tract: float16 storage"),
 }

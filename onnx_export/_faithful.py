@@ -70,13 +70,23 @@ def lstm_stack(g: GraphBuilder, spec: ModuleSpec, x: str) -> str:
     creation, default ORT_ENABLE_ALL) on float16 Transpose -> MatMul (spec/onnx.md, known runtime bugs)."""
     p = spec.params
     x = g.node("Transpose", [x], "lstm_input_time_major", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # T',B,D
+    # zero initial states given explicitly (the default when absent), as data from x: tract cannot size
+    # implicit states for a symbolic batch (it panicked, aborting the process) nor states whose shape is
+    # computed with Shape (it mixed up batch sizes). x is finite here (invalid ids read row 0), so 0·x = 0.
+    first = g.node("Gather", [x, g.int_const("step0", 0)], "lstm_first_step", axis=0)  # B,D
+    zeros = g.node("ReduceSum", [g.node("Mul", [first, g.weight("lstm_zero", np.zeros(()))], "lstm_first_step_times_0"),
+                                 g.int_const("feature_axis", [1])], "lstm_zeros_B1", keepdims=1)  # B,1
+    state = g.node("Add", [zeros, g.weight("lstm_zero_state", np.zeros((1, spec.H)))], "lstm_zero_state")  # B,H
+    state = g.node("Unsqueeze", [state, g.int_const("direction_axis", [0])], "lstm_zero_state_1")  # 1,B,H
+    h0 = g.node("Concat", [state, state], "lstm_initial_state", axis=0)  # 2,B,H
     for k in range(spec.L):
         key = lambda name, suffix="": p[f"lstm_head.{name}_l{k}{suffix}"]  # noqa: E731
         w = g.weight(f"lstm_head.W_l{k}", _layout.lstm_w(key("weight_ih"), key("weight_ih", "_reverse")))  # 2,4H,I
         r = g.weight(f"lstm_head.R_l{k}", _layout.lstm_r(key("weight_hh"), key("weight_hh", "_reverse")))  # 2,4H,H
         b = g.weight(f"lstm_head.B_l{k}", _layout.lstm_b(key("bias_ih"), key("bias_hh"),
                                                            key("bias_ih", "_reverse"), key("bias_hh", "_reverse")))  # 2,8H
-        y = g.node("LSTM", [x, w, r, b], f"lstm_l{k}_Y", hidden_size=spec.H, direction="bidirectional")  # T',2,B,H
+        y = g.node("LSTM", [x, w, r, b, "", h0, h0], f"lstm_l{k}_Y", hidden_size=spec.H,
+                   direction="bidirectional")  # T',2,B,H
         y = g.node("Transpose", [y], f"lstm_l{k}_Y_time_batch_dir", perm=list(_layout.LSTM_Y_TO_TIME_BATCH_DIR))  # T',B,2,H
         x = g.node("Reshape", [y, g.int_const("merge_directions", [0, 0, -1])], f"lstm_l{k}_out")  # T',B,2H
     return x  # T',B,2H
@@ -115,7 +125,7 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
         return x
     # mpt: out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b])
     K, R = spec.K, spec.R
-    t = task_rows(g, task_ids, indices)  # B
+    t = task_rows(g, task_ids, indices, K)  # B
     t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> K
     C = g.weight("prefix_task_cols", spec.params["prefix_task_cols"])  # K,T,R
     Rw = g.weight("prefix_task_rows", spec.params["prefix_task_rows"])  # K,R,D

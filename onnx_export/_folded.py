@@ -5,14 +5,11 @@ indices (arange(T)) and rounded once to the export dtype; the graph is one Gathe
 - mlp: ``prompt_table`` (T, D); the head acts row by row, so table[indices] is exact for any indices.
 - lstm: ``prompt_table`` (T, D), gathered as one (T, D) block per row; rows that are not arange(T)
   come out NaN (an LSTM output depends on the whole row, so a table cannot serve them).
-- mpt: when every row of the batch is PEFT's arange(T), ``task_prompt_table`` (K, T, D), row k =
-  E ⊙ (C_k @ R_k), and one Gather by task id picks a row's whole prompt (the fastest standard-op form
-  measured on onnxruntime's CUDA EP, spec/onnx.md); otherwise the exporter's graph picks, at run time through an If
-  node (one branch runs), the folded-any form below, which serves any rows. Ids follow the faithful
-  policy: an invalid task id gives a NaN row, an invalid index a NaN vector at its position.
+- mpt: ``task_prompt_table`` (K, T, D), row k = E ⊙ (C_k @ R_k), and one Gather by task id picks a
+  row's whole prompt (the fastest standard-op form measured); as for the LSTM, a row that is not
+  PEFT's arange(T) comes out NaN (folded-any serves any rows). An invalid task id gives a NaN row.
 
-variant="folded-any": the fastest graph exact for *any* index rows (what "folded" MPT runs when rows are
-not PEFT's). MPT: the per-task prompt factor table P (K, T, D), P_k = C_k @ R_k evaluated in float64
+variant="folded-any": the fastest graph exact for *any* index rows. MPT: the per-task prompt factor table P (K, T, D), P_k = C_k @ R_k evaluated in float64
 and rounded once, then out = Gather(E, indices) ⊙ Gather(P, t): two Gathers and one Mul, no MatMul,
 with the faithful graph's id policy (an invalid index: NaN at its position; an invalid task id: NaN
 row). Embedding and MLP: as "folded" (already exact for any indices). LSTM: the faithful graph (an
@@ -21,8 +18,6 @@ LSTM output depends on the whole row, so no table can serve every row).
 
 
 from __future__ import annotations
-
-from onnx import TensorProto
 
 from mpt_ref.modules.kind import Kind
 from onnx_export import _faithful
@@ -52,18 +47,15 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
                        "prompt_table_1")  # 1,T,D
         sel = redirect(g, g.int_const("row0", 0), peft_rows, 1, "row")  # B, not arange -> the NaN block
         return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D
-    # mpt: when every row is PEFT's arange(T), one Gather of the task prompt table by task id; otherwise
-    # (decided at run time, one branch runs) the any-rows form Gather(E, indices) ⊙ Gather(P, t)
-    all_peft = g.node("Cast", [g.node("ReduceMin", [g.node("Cast", [peft_rows], "peft_rows_i64", to=TensorProto.INT64)],
-                                      "all_rows_peft_i64", keepdims=0)], "all_rows_peft", to=TensorProto.BOOL)
-
-    def table_lookup() -> str:
-        table = g.weight("task_prompt_table", prompt_table(spec))  # K,T,D
-        t = task_rows(g, task_ids, indices)  # B
-        t = redirect(g, t, valid_ids(g, t, spec.K, "task_ids"), spec.K, "row")  # B, invalid -> the NaN block
-        return g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_table"), t], "prompt_rows", axis=0)
-
-    return g.if_node(all_peft, table_lookup, lambda: _mpt_any_rows(g, spec, indices, task_ids), "prompt")
+    # mpt: one Gather of the task prompt table by task id for rows that are PEFT's arange(T); any other
+    # row is sent to the NaN block, as for the LSTM (folded-any serves any rows). Branch-free: an If choosing
+    # the any-rows form at run time gave wrong prompts on onnxruntime's OpenVINO EP once a session switched
+    # branches, and computing both forms with Where cost 10x the folded-any graph on onnxruntime (bench).
+    table = g.weight("task_prompt_table", prompt_table(spec))  # K,T,D
+    t = task_rows(g, task_ids, indices, spec.K)  # B
+    t = redirect(g, t, valid_ids(g, t, spec.K, "task_ids"), spec.K, "task_ids")  # B, invalid -> the NaN block
+    t = redirect(g, t, peft_rows, spec.K, "row")  # B, a row that is not arange(T) -> the NaN block
+    return g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_table"), t], "prompt_rows", axis=0)  # B,T,D
 
 
 def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
@@ -79,7 +71,7 @@ def _mpt_any_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str
     """out = Gather(E, indices) ⊙ Gather(P, t), P_k = C_k @ R_k in float64 rounded once; faithful id policy."""
     T, D, K = spec.T, spec.D, spec.K
     x = lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")  # B,T,D
-    t = task_rows(g, task_ids, indices)  # B
+    t = task_rows(g, task_ids, indices, K)  # B
     t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> the NaN block
     table = g.weight("task_prompt_factors", task_prompt_factors(spec))  # K,T,D
     prompt = g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_factors"), t], "task_prompt", axis=0)  # B,T,D

@@ -66,25 +66,6 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op, list(inputs), names, name=self._unique(f"{hint}/{op}"), **attrs))
         return names[0] if outputs == 1 else tuple(names)
 
-    def branch(self, build: Any, hint: str) -> tuple[onnx.GraphProto, str]:
-        """A subgraph for an If node: the nodes ``build()`` adds (reading the outer graph's values and
-        initializers by name), and its output. Returns (graph, output name)."""
-        outer, self.nodes = self.nodes, []
-        try:
-            out = build()
-            nodes = self.nodes
-        finally:
-            self.nodes = outer
-        result = self._unique(f"{hint}_result")
-        nodes.append(helper.make_node("Identity", [out], [result], name=self._unique(f"{hint}/Identity")))
-        return helper.make_graph(nodes, hint, [], [helper.make_tensor_value_info(result, self.elem_type, None)]), result
-
-    def if_node(self, cond: str, then_build: Any, else_build: Any, hint: str) -> str:
-        """``then_build()`` when the bool scalar ``cond`` holds, else ``else_build()``: only one branch runs."""
-        then_graph, _ = self.branch(then_build, f"{hint}_then")
-        else_graph, _ = self.branch(else_build, f"{hint}_else")
-        return self.node("If", [cond], hint, then_branch=then_graph, else_branch=else_graph)
-
     def model(
         self,
         inputs: Sequence[onnx.ValueInfoProto],

@@ -34,19 +34,34 @@ def nan_padded(g: GraphBuilder, table: str, row_shape: tuple[int, ...], hint: st
     return g.node("Concat", [table, nan_row], f"{hint}_nan_padded", axis=0)
 
 
-def batch_shape(g: GraphBuilder, indices: str) -> str:
-    """[B] as a 1-D int64 tensor: the batch size of ``indices``."""
-    return g.node("Shape", [indices], "batch_size", start=0, end=1)
+def task_rows(g: GraphBuilder, task_ids: str, indices: str, num_tasks: int) -> str:
+    """task_ids of length B or 1 -> (B,), one task per row, each in [0, num_tasks] (an invalid id ->
+    num_tasks, the NaN row); a length that is neither gives NaN rows (or an error where two lengths > 1
+    cannot broadcast), never a silent broadcast.
 
-
-def task_rows(g: GraphBuilder, task_ids: str, indices: str) -> str:
-    """task_ids of length B or 1 -> (B,), one task per row; any other length fails at run time.
-
-    Expand broadcasts a length-1 task_ids to (B,); Reshape to (B,) then refuses every length other
-    than B or 1 (Expand alone would broadcast B=1 up to the task_ids length)."""
-    batch = batch_shape(g, indices)
-    expanded = g.node("Expand", [task_ids, batch], "task_ids_expanded")
-    return g.node("Reshape", [expanded, batch], "task_ids_per_row", allowzero=1)
+    Built only from ops tract's symbolic analysis follows (no Expand or Reshape to a computed shape, no
+    Range): zeros (B,) from the first column of indices plus task_ids broadcasts a length-1 array, then
+    Gather(sum, arange(B)) with arange(B) a CumSum of ones. B = 1 with a longer task_ids would take its
+    first id, so the lengths n and B, summed as data, must agree (or n = 1); otherwise every row gets -1,
+    which the caller's guard sends to the NaN row."""
+    zero = g.int_const("zero_i64", 0)
+    one = g.int_const("one_i64", 1)
+    zeros = g.node("Mul", [g.node("Gather", [indices, zero], "indices_col0", axis=1), zero], "zeros_B")  # B
+    ones = g.node("Add", [zeros, one], "ones_B")  # B
+    # the ids are range-checked before any arithmetic (invalid -> K): tract narrowed task ids that were added
+    # to values derived from a whole model's indices to 32 bits
+    checked = redirect(g, task_ids, valid_ids(g, task_ids, num_tasks, "task_ids_in"), num_tasks, "task_ids_in")  # n
+    summed = g.node("Add", [zeros, checked], "task_ids_broadcast")  # B (n if B = 1)
+    ones_i32 = g.node("Cast", [ones], "ones_B_i32", to=TensorProto.INT32)  # int32: tract's CumSum takes no shape values
+    positions = g.node("Sub", [g.node("CumSum", [ones_i32, g.int_const("axis_0", 0)], "cumsum_B"),
+                               g.node("Cast", [one], "one_i32", to=TensorProto.INT32)], "arange_B")  # B: 0..B-1
+    t = g.node("Gather", [summed, positions], "task_ids_per_row", axis=0)  # B
+    batch = g.node("ReduceSum", [ones], "batch_size", keepdims=0)  # B, as data
+    count = g.node("ReduceSum", [g.node("Add", [g.node("Mul", [task_ids, zero], "zeros_n"), one], "ones_n")],
+                   "task_ids_length", keepdims=0)  # n
+    ok = g.node("Or", [g.node("Equal", [count, one], "task_ids_length_1"),
+                       g.node("Equal", [count, batch], "task_ids_length_B")], "task_ids_length_ok")
+    return g.node("Where", [ok, t, g.int_const("bad_length", -1)], "task_ids_checked")  # B
 
 
 def rows_are_arange(g: GraphBuilder, indices: str, tokens: int) -> str:

@@ -109,11 +109,26 @@ def build_model(spec: ModuleSpec, *, variant: str = "faithful", dtype: Any = "fl
 
 
 def check(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Full checker plus strict shape inference; returns the model with inferred value_info."""
+    """Full checker plus strict shape inference (a graph whose shapes or types do not infer is refused);
+    returns the model without the inferred ``value_info``: the symbolic shapes it records (``batch``)
+    are hints a runtime may hold against fixed input shapes (tract refuses to unify them), and the
+    runtimes infer them again anyway."""
     onnx.checker.check_model(model, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     onnx.checker.check_model(inferred, full_check=True)
-    return inferred
+    strip_value_info(model.graph)
+    return model
+
+
+def strip_value_info(graph: onnx.GraphProto) -> None:
+    """Remove ``value_info`` from ``graph`` and every subgraph (If branches), in place."""
+    del graph.value_info[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                strip_value_info(attr.g)
+            for sub in attr.graphs:
+                strip_value_info(sub)
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:

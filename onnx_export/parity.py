@@ -34,7 +34,7 @@ from onnx_export.exporter import (
     tokens_dim,
 )
 from onnx_export.reference import expected_output
-from onnx_export.runtimes import Runner, check_provider, load_model
+from onnx_export.runtimes import SETTINGS, Runner, check_provider, load_model
 
 
 def ordered_bits(x: np.ndarray) -> np.ndarray:
@@ -154,7 +154,8 @@ class ParityReport:
 
     def verdict_line(self) -> str:
         line = f"verdict: {'PASS' if self.ok else 'FAIL'}"
-        return line + (f" ({self.weights})" if self.weights else "")
+        settings = [SETTINGS[p] for p in dict.fromkeys(c.provider for c in self.comparisons) if p in SETTINGS]
+        return line + "".join(f" ({note})" for note in [*settings, self.weights] if note)
 
     def format(self) -> str:
         head = f"parity: {self.module} variant={self.variant} dtype={self.dtype} vs float64 reference"

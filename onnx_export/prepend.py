@@ -93,11 +93,20 @@ def _front(spec: ModuleSpec, w: np.ndarray, dtype: str, mask_elem: int, n_prompt
     V, T, D = w.shape[0], spec.T, spec.D
     inputs = [int64_input(INPUT_IDS, ["batch", SEQUENCE]),
               helper.make_tensor_value_info(ATTENTION_MASK, mask_elem, ["batch", SEQUENCE])]
-    ids_shape = g.node("Shape", [INPUT_IDS], "input_ids_shape")  # [B, S]
-    batch = g.node("Shape", [INPUT_IDS], "batch_size", start=0, end=1)  # [B]
+    # Every shape below follows from the inputs' shapes by broadcasting or Concat, never from a Shape value
+    # fed to Expand or Reshape (tract's symbolic analysis cannot follow those).
+    zero = g.int_const("zero", 0)
+    zeros = g.node("ReduceSum", [g.node("Mul", [INPUT_IDS, zero], "input_ids_times_0"), g.int_const("seq_axis", [1])],
+                   "zeros_B1", keepdims=1)  # B,1 (also for S = 0)
+    # the user's mask, refused unless its shape is that of input_ids: this Concat on axis 0 needs the same
+    # rank and S, the extended mask's Concat on axis 1 below the same B; the check's zero feeds the indices
+    both = g.node("Concat", [g.node("Cast", [ATTENTION_MASK], "attention_mask_i64", to=TensorProto.INT64), INPUT_IDS],
+                  "mask_and_ids", axis=0)  # (B + B, S) when the shapes agree
+    checked_zero = g.node("ReduceSum", [g.node("Mul", [both, zero], "mask_and_ids_times_0")], "mask_checked_zero",
+                          keepdims=1)  # 1,1
     # PEFT's prompt_tokens: arange(T) on every row
-    indices_shape = g.node("Concat", [batch, g.int_const("T", [T])], "indices_shape", axis=0)  # [B, T]
-    indices = g.node("Expand", [g.int_const("arange_T", np.arange(T)[None]), indices_shape], "prompt_indices")
+    indices = g.node("Add", [g.node("Add", [zeros, checked_zero], "zeros_B1_checked"),
+                             g.int_const("arange_T", np.arange(T)[None])], "prompt_indices")  # B,T
     outputs = [(indices, TensorProto.INT64, ["batch", T])]
     if spec.kind == Kind.MPT:
         inputs.append(int64_input(TASK_IDS, ["task_batch"]))
@@ -106,15 +115,9 @@ def _front(spec: ModuleSpec, w: np.ndarray, dtype: str, mask_elem: int, n_prompt
     table = g.weight(WORD_EMBEDDINGS, w)
     embeds = g.node("Identity", [lookup(g, table, V, (D,), INPUT_IDS, "input_ids")], TOKEN_EMBEDS)  # B,S,D
     outputs.append((embeds, g.elem_type, ["batch", SEQUENCE, D]))
-    # the user's mask, refused unless its shape is that of input_ids: Expand refuses shapes that do not
-    # broadcast to (B, S), the Reshape back refuses a different element count; both pass only for (B, S)
-    mask_shape = g.node("Shape", [ATTENTION_MASK], "attention_mask_shape")
-    mask = g.node("Reshape", [g.node("Expand", [ATTENTION_MASK, ids_shape], "attention_mask_expanded"), mask_shape],
-                  "attention_mask_checked")  # B,S
-    one = "prompt_mask_one"  # 1 (True for a bool mask) in the mask's dtype, (1, 1)
-    g.initializers.append(helper.make_tensor(one, mask_elem, [1, 1], [True] if mask_elem == TensorProto.BOOL else [1]))
-    ones_shape = g.node("Concat", [batch, g.int_const("N", [n_prompt])], "prompt_mask_shape", axis=0)  # [B, N]
-    ones = g.node("Expand", [one, ones_shape], "prompt_mask")  # B,N
+    ones = g.node("Cast", [g.node("Add", [zeros, g.int_const("ones_N", np.ones((1, n_prompt)))], "prompt_mask_i64")],
+                  "prompt_mask", to=mask_elem)  # B,N: 1 (True for a bool mask) in the mask's dtype
+    mask = ATTENTION_MASK
     extended = g.node("Concat", [ones, mask], EXTENDED_MASK, axis=1)  # B,N+S
     outputs.append((extended, mask_elem, ["batch", TOTAL_SEQUENCE]))
     graph = helper.make_graph(g.nodes, "mpt_ref_prepend_front", inputs,

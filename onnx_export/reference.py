@@ -8,9 +8,8 @@ made valid, then writes NaN exactly where the exported graph must produce NaN:
   (embedding, MLP, MPT), the whole row of an invalid index for the LSTM (both directions read every
   position), the whole row of an invalid task id (MPT);
 - folded-any: as faithful (every row is exact);
-- folded: as faithful for the embedding, the MLP (a table lookup is exact for any indices) and MPT
-  (whose graph switches to the any-rows form when a row is not arange(T)); for the LSTM, whose table
-  holds the prompt for PEFT's indices only, every row that is not arange(T).
+- folded: as faithful for the embedding and the MLP (a table lookup is exact for any indices); for the
+  LSTM and MPT, whose tables hold the prompt for PEFT's indices only, also every row that is not arange(T).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class NanPolicy(NamedTuple):
 # One entry per Kind: the NaN policy of spec/onnx.md (module docstring).
 NAN_POLICY = {
     Kind.PROMPT_EMBEDDING: NanPolicy(task_ids=False, whole_row=False, peft_rows=False),
-    Kind.MPT: NanPolicy(task_ids=True, whole_row=False, peft_rows=False),
+    Kind.MPT: NanPolicy(task_ids=True, whole_row=False, peft_rows=True),
     Kind.MLP_ENCODER: NanPolicy(task_ids=False, whole_row=False, peft_rows=False),
     Kind.LSTM_ENCODER: NanPolicy(task_ids=False, whole_row=True, peft_rows=True),
 }

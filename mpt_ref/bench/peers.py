@@ -128,8 +128,8 @@ def _ort_session(model_bytes: bytes, threads: int) -> Any:
 def ort_peers(module: Any, s: Setup, inputs: dict[str, np.ndarray], peft_rows: bool) -> list[Peer]:
     peers = []
     for name, session in s.sessions.items():
-        if name == "ort folded" and not peft_rows and Kind.of(module) == Kind.LSTM_ENCODER:
-            peers.append(Peer(name, None, "the folded LSTM graph answers PEFT's rows only"))
+        if name == "ort folded" and not peft_rows and Kind.of(module) in (Kind.LSTM_ENCODER, Kind.MPT):
+            peers.append(Peer(name, None, "the folded graph answers PEFT's arange rows only (folded-any: any rows)"))
         elif isinstance(session, str):
             peers.append(Peer(name, None, session))
         else:

@@ -143,3 +143,26 @@ def provider_list(text: str) -> list[str]:
     if not names or bad:
         raise InputError(f"--providers: expected a comma-separated list of {list(PROVIDERS)}, got {text!r}")
     return names
+
+
+def runtime_providers(runtime: str, providers: str) -> list[str]:
+    """--runtime with --providers: onnxruntime takes the --providers list; reference, openvino and tract
+    are one provider each (--providers left at its default). A runtime whose package is missing here is
+    refused with the command that installs it (exit 2)."""
+    from onnx_export.runtimes import check_provider, runtime_providers as named
+
+    chosen = named(runtime)
+    if runtime == "onnxruntime":
+        return provider_list(providers)
+    if providers != "cpu":
+        raise InputError(f"--providers: expected only with --runtime onnxruntime, got {providers!r} with --runtime {runtime}")
+    return [check_provider(p) for p in chosen]
+
+
+def add_runtime(p: argparse.ArgumentParser) -> None:
+    from onnx_export.runtimes import RUNTIMES
+
+    p.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime",
+                   help="where the model runs (default onnxruntime, its execution providers from --providers); "
+                        "openvino runs in f32 precision (pip install 'mpt-ref[openvino]'), tract: pip install "
+                        "'mpt-ref[tract]', reference: onnx.reference")

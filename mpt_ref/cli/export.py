@@ -30,13 +30,14 @@ from typing import Any
 from mpt_ref.cli._args import (
     STDOUT,
     add_json,
+    add_runtime,
     kind_arg,
     load_onnx_model,
     note,
     positive_int,
-    provider_list,
     refuse_existing,
     report_stream,
+    runtime_providers,
     seed_int,
     write_json,
 )
@@ -98,6 +99,7 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=None, help="init seed, an integer >= 0 (default 0)")
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="batch size of the parity inputs (default 3)")
+    add_runtime(p)
 
 
 def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace, *, here: str = "here",
@@ -132,7 +134,7 @@ def _refuse_options_of_other_formats(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    providers = provider_list(args.providers)  # refuse a bad list, or an existing output, before any work or write
+    providers = runtime_providers(args.runtime, args.providers)  # refuse a bad list, or an existing output, before any work or write
     _refuse_options_of_other_formats(args)
     if args.format == "onnx":  # the serving formats write into directories and check their own files
         refuse_existing("--output", args.output, args.force, example="prompt.onnx")
@@ -195,7 +197,7 @@ def parity_module(model: Any, args: argparse.Namespace) -> tuple[Any, str, str]:
 
 
 def _parity(args: argparse.Namespace) -> int:
-    providers = provider_list(args.providers)
+    providers = runtime_providers(args.runtime, args.providers)
     refuse_existing("--json", args.json, args.force)
     model = load_onnx_model("model", args.model)
     refuse_whole_model(model)

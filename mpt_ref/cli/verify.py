@@ -6,13 +6,14 @@ import argparse
 
 from mpt_ref.cli._args import (
     STDOUT,
+    add_runtime,
     kind_arg,
     load_onnx_model,
     positive_int,
     progress,
-    provider_list,
     refuse_existing,
     report_stream,
+    runtime_providers,
 )
 from mpt_ref.errors import InputError
 from mpt_ref.conformance import report
@@ -50,7 +51,7 @@ def _verify(args: argparse.Namespace) -> int:
     refuse_existing("--junit-xml", args.junit_xml, args.force)
     out = report_stream(args)
     if args.onnx:
-        providers = provider_list(args.providers)
+        providers = runtime_providers(args.runtime, args.providers)
         load_onnx_model("--onnx", args.onnx)  # a missing or non-ONNX file: exit 2 naming the option
         from onnx_export.foreign import verify_onnx
 
@@ -102,4 +103,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "model's initializers named by PEFT keys)")
     p.add_argument("--providers", default="cpu", help="with --onnx: comma-separated providers (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="with --onnx: batch size when the batch is dynamic")
+    add_runtime(p)
     p.set_defaults(func=_verify)

@@ -22,6 +22,7 @@ from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.checkpoint import read_safetensors
 from onnx_export._spec import module_spec
+from onnx_export.exporter import strip_value_info
 from onnx_export.prepend import (
     ATTENTION_MASK,
     EXTENDED_MASK,
@@ -148,6 +149,9 @@ def compose_model(module: Any, base: onnx.ModelProto, word_embeddings: Any, *, v
         doc_string=f"{prepend.doc_string} Then the base graph {base.graph.name!r}.",
     )
     dedupe_opsets(model)
+    # the value_info merge_models keeps (the joined edges' declared shapes, whose symbols differ between the
+    # two graphs) is dropped: tract refuses to unify such symbols; runtimes infer the shapes again
+    strip_value_info(model.graph)
     model.graph.name = f"{prepend.graph.name}_{base.graph.name or 'base'}"
     if model.ByteSize() > TWO_GIB:
         raise InputError(f"composed model: expected at most 2 GiB (one protobuf), got {model.ByteSize()} bytes; "
