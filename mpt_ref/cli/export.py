@@ -33,7 +33,7 @@ from mpt_ref.cli._args import (
     seed_int,
     write_json,
 )
-from mpt_ref.cli.serve_formats import export_serving, serving_args
+from mpt_ref.cli.serve_formats import export_serving, refuse_unservable, serving_args
 from mpt_ref.errors import InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
@@ -74,12 +74,16 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=3, help="batch size of the parity inputs (default 3)")
 
 
-def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace) -> int:
+def _checked(model: Any, module: Any, providers: list[str], args: argparse.Namespace) -> Any:
     report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed)
     print(report.format(), file=report_stream(args))
     write_json(getattr(args, "json", None), {"verdict": "PASS" if report.ok else "FAIL", "report": report},
                getattr(args, "force", False))
-    return 0 if report.ok else 1
+    return report
+
+
+def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace) -> int:
+    return 0 if _checked(model, module, providers, args).ok else 1
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -87,8 +91,9 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx":  # the serving formats write into directories and check their own files
         refuse_existing("--output", args.output, args.force)
     module = module_from_args(args)
+    refuse_unservable(module, args)  # task_type null, a trained head: PEFT would not serve this prompt alone
     if args.format != "onnx":  # the serving formats: mpt_ref/serve, spec/serving.md
-        return export_serving(module, args, report=lambda model, mod, a: _report(model, mod, providers, a))
+        return export_serving(module, args, report=lambda model, mod, a: _checked(model, mod, providers, a))
     model = export(module, args.output, variant=args.variant, dtype=args.dtype, overwrite=args.force)
     print(f"wrote {args.output} ({model.ByteSize()} bytes): {type(module).__name__}, variant={args.variant}, "
           f"dtype={args.dtype}")

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import TensorProto
 
 from mpt_ref import _checks
-from mpt_ref.errors import InputError, OutputExistsError
-from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.errors import InputError
+from mpt_ref.io.staged import StagedSet
+from onnx_export.runtimes import load_model
 
 # ONNX element type -> Triton DataType name (model_config.proto)
 TRITON_TYPES = {
@@ -92,6 +95,9 @@ def triton_config(model: onnx.ModelProto, name: str, *, max_batch_size: int = 8)
     return "\n".join(lines) + "\n"
 
 
+CONFIG_NAME, MODEL_PATH = "config.pbtxt", "1/model.onnx"
+
+
 def write_triton_repository(
     model: onnx.ModelProto,
     directory: str | os.PathLike,
@@ -99,15 +105,20 @@ def write_triton_repository(
     *,
     max_batch_size: int = 8,
     overwrite: bool = False,
-) -> tuple[Path, Path]:
-    """Write DIR/name/config.pbtxt and DIR/name/1/model.onnx (each atomically; nothing is written if
-    either exists, unless ``overwrite``)."""
+    check: Callable[[onnx.ModelProto], Any] | None = None,
+) -> tuple[Any, Path, Path]:
+    """Write DIR/name/config.pbtxt and DIR/name/1/model.onnx as one set: staged beside DIR/name, the model
+    read back from the staged file and passed to ``check`` (which returns a report with ``.ok``), and
+    swapped into place only when the check passes (always, without a check). Returns (the report or None,
+    config path, model path). An existing DIR/name is replaced only with ``overwrite``."""
     config = triton_config(model, name, max_batch_size=max_batch_size)
     root = Path(directory) / name
-    config_path, model_path = root / "config.pbtxt", root / "1" / "model.onnx"
-    existing = [str(p) for p in (config_path, model_path) if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"output: expected new files, got existing {existing} (pass overwrite=True / --force)")
-    atomic_write_bytes(model_path, model.SerializeToString(), overwrite=overwrite)
-    atomic_write_bytes(config_path, config.encode(), overwrite=overwrite)
-    return config_path, model_path
+    report = None
+    with StagedSet(root, names=(CONFIG_NAME, "1"), overwrite=overwrite) as stage:
+        written = stage.write(MODEL_PATH, model.SerializeToString())
+        stage.write(CONFIG_NAME, config.encode())
+        if check is not None:
+            report = check(load_model(written, "staged model"))
+        if report is None or report.ok:
+            stage.commit()
+    return report, root / CONFIG_NAME, root / MODEL_PATH
