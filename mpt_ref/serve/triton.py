@@ -106,11 +106,14 @@ def write_triton_repository(
     max_batch_size: int = 8,
     overwrite: bool = False,
     check: Callable[[onnx.ModelProto], Any] | None = None,
+    with_set: Callable[[], None] | None = None,
 ) -> tuple[Any, Path, Path]:
     """Write DIR/name/config.pbtxt and DIR/name/1/model.onnx as one set: staged beside DIR/name, the model
     read back from the staged file and passed to ``check`` (which returns a report with ``.ok``), and
     swapped into place only when the check passes (always, without a check). Returns (the report or None,
-    config path, model path). An existing DIR/name is replaced only with ``overwrite``."""
+    config path, model path). An existing DIR/name is replaced only with ``overwrite``. ``with_set``: called after
+    a passing check, just before the swap, to write what belongs to the same set elsewhere (export-model's
+    -o file); if it raises, nothing is swapped in."""
     config = triton_config(model, name, max_batch_size=max_batch_size)
     root = Path(directory) / name
     report = None
@@ -120,5 +123,7 @@ def write_triton_repository(
         if check is not None:
             report = check(load_model(written, "staged model"))
         if report is None or report.ok:
+            if with_set is not None:
+                with_set()
             stage.commit()
     return report, root / CONFIG_NAME, root / MODEL_PATH

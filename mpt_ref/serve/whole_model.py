@@ -215,10 +215,20 @@ def export_model(
     report = check(onnx.load_from_string(model.SerializeToString()))
     if not report.ok:
         return model, report
-    if output is not None:
-        atomic_write_bytes(output, model.SerializeToString(), overwrite=overwrite)
-    if triton is not None:
-        triton_report, _, _ = write_triton_repository(model, triton, name, max_batch_size=max_batch_size,
-                                                      overwrite=overwrite, check=check)
-        report = triton_report
+    existed = output is not None and Path(output).exists()
+
+    def write_output() -> None:
+        if output is not None:
+            atomic_write_bytes(output, model.SerializeToString(), overwrite=overwrite)
+
+    if triton is None:
+        write_output()
+        return model, report
+    try:  # the Triton set is staged and checked first; -o is written just before it is swapped in
+        report, _, _ = write_triton_repository(model, triton, name, max_batch_size=max_batch_size,
+                                               overwrite=overwrite, check=check, with_set=write_output)
+    except BaseException:
+        if output is not None and not existed:
+            Path(output).unlink(missing_ok=True)  # a new -o file without its repository: not a set
+        raise
     return model, report
