@@ -22,16 +22,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-import warnings
-
 import numpy as np
 import pytest
 
-from mpt_ref.interop.adapter import load_peft_adapter
-from mpt_ref.serve.prompt_table import prompt_table
+from _engine_peft import N, NEW_TOKENS, judge, make_setup, peft_reference, print_results, tables
 from mpt_ref.serve.vllm import completion_request, offline_prompt, request_embeds
 from mpt_ref.serve.whole_model import read_word_embeddings
-from mpt_ref.tolerances import ENGINE_LOGITS_F32
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -40,101 +36,31 @@ vllm = pytest.importorskip("vllm")
 
 pytestmark = [pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
 
-V, D, N, K = 512, 256, 8, 3
-KINDS = ("prompt_tuning", "mpt", "p_tuning_mlp", "p_tuning_lstm")
-NEW_TOKENS = 8
 TOP = 20  # vLLM's default max_logprobs
 RESULTS: dict[tuple[str, str], list] = {}  # (engine, kind) -> [agree, total, max |logit diff|, / max |logits|]
-
-
-def _config(kind):
-    common = {"task_type": "CAUSAL_LM", "num_virtual_tokens": N}
-    if kind == "prompt_tuning":
-        return peft.PromptTuningConfig(**common)
-    if kind == "mpt":
-        return peft.MultitaskPromptTuningConfig(num_tasks=K, num_ranks=2, **common)
-    return peft.PromptEncoderConfig(encoder_hidden_size=64, encoder_reparameterization_type=kind.split("_")[-1].upper(),
-                                    **common)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """base dir, {kind: (adapter dir, PeftModel)}, W, [(kind, task, ids)] requests."""
-    root = tmp_path_factory.mktemp("vllm")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=V, hidden_size=D, intermediate_size=384, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   torch_dtype="float32", bos_token_id=1, eos_token_id=2)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(str(root / "base"))
-    adapters = {}
-    for i, kind in enumerate(KINDS):
-        torch.manual_seed(10 + i)
-        model = peft.get_peft_model(transformers.AutoModelForCausalLM.from_pretrained(str(root / "base")),
-                                    _config(kind))
-        with torch.no_grad():  # a fresh MPT prompt is ~4e-4 of E: draw every prompt parameter at scale 1
-            for name, p in model.named_parameters():
-                if p.requires_grad:
-                    p.copy_(torch.randn_like(p) * (0.5 if "prefix_task" not in name else 1.0))
-        model.save_pretrained(str(root / kind))
-        reloaded = peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM.from_pretrained(str(root / "base")),
-                                                  str(root / kind)).eval()
-        adapters[kind] = (root / kind, reloaded)
-    _, w = read_word_embeddings(root / "base" / "model.safetensors")
-    rng = np.random.default_rng(0)
-    requests = []
-    for kind in KINDS:
-        for task in range(K if kind == "mpt" else 2):  # PT / P-tuning: two requests, task 0
-            requests.append((kind, task if kind == "mpt" else 0, rng.integers(3, V, size=int(rng.integers(4, 9)))))
-    return root / "base", adapters, w, requests
+    base, adapters, requests = make_setup(tmp_path_factory.mktemp("vllm"), torch, peft, transformers)
+    _, w = read_word_embeddings(base / "model.safetensors")
+    return base, adapters, w, requests
 
 
 def _embeds(setup):
     _, adapters, w, requests = setup
-    tables = {}
-    for kind in KINDS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            tables[kind] = prompt_table(load_peft_adapter(adapters[kind][0]))
-    return [request_embeds(tables[kind], w, ids, task, num_virtual_tokens=N) for kind, task, ids in requests]
+    t = tables(adapters)
+    return [request_embeds(t[kind], w, ids, task, num_virtual_tokens=N) for kind, task, ids in requests]
 
 
 @pytest.fixture(scope="module")
 def reference(setup):
-    """PeftModel.generate per request: (tokens, per-step logits (NEW_TOKENS, V))."""
-    _, adapters, _, requests = setup
-    out = []
-    for kind, task, ids in requests:
-        model = adapters[kind][1]
-        kwargs = {"task_ids": torch.tensor([task])} if kind == "mpt" else {}
-        with torch.no_grad():
-            gen = model.generate(input_ids=torch.tensor(ids[None]), attention_mask=torch.ones(1, len(ids),
-                                 dtype=torch.int64), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                 do_sample=False, output_logits=True, return_dict_in_generate=True, **kwargs)
-        tokens = gen.sequences[0, -NEW_TOKENS:].tolist()
-        out.append((tokens, torch.stack(gen.logits)[:, 0].numpy().astype(np.float64)))
-    return out
+    return peft_reference(torch, setup[1], setup[3])
 
 
 def _judge(engine, setup, reference, got):
-    """got: per request (tokens, [{token id: raw logit} per step]). Records and asserts agreement."""
-    _, _, _, requests = setup
-    for (kind, task, _), (want_tokens, want_logits), (tokens, steps) in zip(requests, reference, got):
-        r = RESULTS.setdefault((engine, kind), [0, 0, 0.0, 0.0])
-        scale = float(np.abs(want_logits).max())
-        tol = ENGINE_LOGITS_F32.atol * scale
-        for j, (a, b) in enumerate(zip(tokens, want_tokens)):
-            diffs = [abs(v - want_logits[j, t]) for t, v in steps[j].items()]
-            r[2] = max(r[2], max(diffs))
-            r[3] = max(r[3], max(diffs) / scale)
-            assert max(diffs) <= tol, f"{engine} {kind} task {task} step {j}: |logit diff| {max(diffs):.3g} > {tol:.3g}"
-            r[1] += 1
-            if a == b:
-                r[0] += 1
-                continue
-            top2 = np.sort(want_logits[j])[-2:]
-            assert top2[1] - top2[0] <= 2 * tol, (f"{engine} {kind} task {task} step {j}: token {a} != PEFT's {b} "
-                                                  f"with PEFT's margin {top2[1] - top2[0]:.3g} > 2·{tol:.3g}")
-            break  # a near-tie broken the other way: the continuations differ from here on
+    judge(RESULTS, engine, setup[3], reference, got)
 
 
 def test_request_embeds_are_pefts_inputs_embeds(setup):
@@ -216,5 +142,4 @@ def test_openai_server_serves_the_same_requests(setup, reference):
 
 def test_zz_print_results():
     if os.environ.get("MPT_REF_PRINT_ERRORS"):
-        for (engine, kind), (agree, total, diff, rel) in sorted(RESULTS.items()):
-            print(f"\n{engine:<13} {kind:<14} greedy {agree}/{total}  max |logit diff| {diff:.3g} = {rel:.3g} s")
+        print_results(RESULTS)

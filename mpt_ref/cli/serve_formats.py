@@ -4,6 +4,10 @@ options and what they write; the code is in mpt_ref/serve, the contract in spec/
     --format prompt-table -o DIR   DIR/prompt_table.npy (the (K, T, D) table TensorRT-LLM / NeMo take)
                                    + DIR/prompt_table.json (its sidecar)
     --format triton -o DIR         DIR/NAME/config.pbtxt + DIR/NAME/1/model.onnx (the prompt graph)
+    --format ortgenai -o DIR --base-weights BASE.safetensors --decoder BUILT
+                                   an onnxruntime-genai model folder: embeddings.onnx (W + the flattened
+                                   prompt table), genai_config.json (a decoder-pipeline), prompt_ids.json,
+                                   and the decoder BUILT by the model builder with exclude_embeds=true
 
 Each set is staged beside its place, read back and checked there, and swapped into place whole only when
 the check passes (the verdict is printed; exit 1 on FAIL, nothing replaced). An adapter PEFT does not serve
@@ -17,12 +21,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mpt_ref.errors import InputError
+from mpt_ref.serve.ortgenai import write_ortgenai
 from mpt_ref.serve.prompt_table import SIDECAR_NAME, TABLE_NAME, write_prompt_table
 from mpt_ref.serve.servable import check_servable
 from mpt_ref.serve.triton import write_triton_repository
+from mpt_ref.serve.whole_model import read_word_embeddings
 from onnx_export.exporter import export
 
-FORMATS = ("onnx", "prompt-table", "triton")
+FORMATS = ("onnx", "prompt-table", "triton", "ortgenai")
 
 
 def serving_args(p: argparse.ArgumentParser) -> None:
@@ -33,6 +39,11 @@ def serving_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, help="prompt-table: the base vocabulary size V, to list the prompt ids")
     p.add_argument("--name", help="triton: the model name (default prompt_<kind>)")
     p.add_argument("--max-batch-size", type=int, default=8, help="triton: max_batch_size (default 8)")
+    p.add_argument("--base-weights", help="ortgenai: the base model's .safetensors holding its word embeddings")
+    p.add_argument("--embedding-key", help="ortgenai: the word-embedding key in --base-weights (default: found "
+                                           "automatically)")
+    p.add_argument("--decoder", help="ortgenai: the onnxruntime-genai model builder's folder for the base model, built "
+                                     "with --extra_options exclude_embeds=true")
 
 
 def refuse_unservable(module: Any, args: argparse.Namespace) -> None:
@@ -42,6 +53,10 @@ def refuse_unservable(module: Any, args: argparse.Namespace) -> None:
 
 def export_serving(module: Any, args: argparse.Namespace, *, report: Callable[..., Any]) -> int:
     """report(model, module, args, *, quiet=False) -> the parity report of a prompt graph (printed unless quiet)."""
+    ortgenai = (args.base_weights, args.embedding_key, args.decoder)
+    if args.format != "ortgenai" and any(a is not None for a in ortgenai):
+        raise InputError(f"--base-weights, --embedding-key, --decoder: expected with --format ortgenai, got them with "
+                         f"--format {args.format}")
     refuse_unservable(module, args)
     if args.format == "prompt-table":
         if args.name:
@@ -55,6 +70,8 @@ def export_serving(module: Any, args: argparse.Namespace, *, report: Callable[..
         print(f"wrote {directory}/{TABLE_NAME} and {directory}/{SIDECAR_NAME}: {type(module).__name__}, "
               f"dtype={args.dtype}")
         return 0
+    if args.format == "ortgenai":
+        return _ortgenai(module, args)
     if args.vocab_size is not None:
         raise InputError("--vocab-size: expected with --format prompt-table, got it with --format triton")
     model = export(module, None, variant=args.variant, dtype=args.dtype)
@@ -66,4 +83,22 @@ def export_serving(module: Any, args: argparse.Namespace, *, report: Callable[..
         return 1
     print(f"wrote {config} and {path} (checked from the written file): {type(module).__name__}, "
           f"variant={args.variant}, dtype={args.dtype}")
+    return 0
+
+
+def _ortgenai(module: Any, args: argparse.Namespace) -> int:
+    if args.base_weights is None or args.decoder is None:
+        raise InputError("--format ortgenai: expected --base-weights BASE.safetensors and --decoder BUILT_DIR, got "
+                         f"{'--base-weights' if args.base_weights is None else '--decoder'} missing")
+    if args.name or args.vocab_size is not None or args.dtype != "float32":
+        raise InputError("--format ortgenai: expected no --name, --vocab-size or --dtype (the decoder's float32 is "
+                         "used), got one of them")
+    _, w = read_word_embeddings(args.base_weights, args.embedding_key)
+    checked, directory = write_ortgenai(module, w, args.decoder, args.output, overwrite=args.force)
+    print(checked.format())
+    if not checked.ok:
+        print(f"not written: {directory} (a set that fails its check replaces nothing)")
+        return 1
+    print(f"wrote {directory}: embeddings.onnx, genai_config.json (decoder-pipeline), prompt_ids.json and the decoder's "
+          f"files: {type(module).__name__}")
     return 0

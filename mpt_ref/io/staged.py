@@ -86,6 +86,23 @@ class StagedSet:
         self.written.append(rel)
         return target
 
+    def add_file(self, rel: str, source: str | os.PathLike) -> Path:
+        """Stage an existing file as ``rel``: a hard link where the filesystem allows (nothing copied, the
+        source untouched), else a copy, fsynced."""
+        target = self.write(rel, b"")
+        target.unlink()
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o666 & ~self._umask)
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return target
+
     def commit(self) -> Path:
         """Swap the staged set into the target's place; the old set (if any) is removed afterwards."""
         if self.path is None:
