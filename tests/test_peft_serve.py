@@ -279,3 +279,16 @@ def test_export_model_prints_a_passing_check(base, adapters, kind, capsys):
     assert "verdict: PASS" in text and "logits vs base graph alone" in text
     if os.environ.get("MPT_REF_PRINT_ERRORS"):
         print(f"\n{name} {kind}\n{text}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_tensor_bytes_load_with_torch_as_vllms_server_loads_them(dtype):
+    """vLLM's OpenAI server reads prompt_embeds with torch.load(weights_only=True); mpt-ref writes them without torch."""
+    import io
+
+    from mpt_ref.serve.vllm import tensor_bytes
+
+    a = np.random.default_rng(0).normal(size=(5, 7)).astype(dtype)
+    t = torch.load(io.BytesIO(tensor_bytes(a)), weights_only=True, map_location="cpu")
+    assert t.dtype == torch.from_numpy(a).dtype and tuple(t.shape) == a.shape
+    np.testing.assert_array_equal(t.numpy(), a)

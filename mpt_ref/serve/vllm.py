@@ -44,7 +44,8 @@ def request_embeds(table: Any, word_embeddings: Any, input_ids: Any, task: int =
     if t.ndim != 3 or w.ndim != 2 or t.shape[2] != w.shape[1]:
         raise InputError(f"table, word_embeddings: expected (K, T, D) and (V, D) with one D, got shapes {t.shape} "
                          f"and {w.shape}")
-    ids = _checks.int_array("input_ids", input_ids, ndim=1)
+    raw = np.asarray(input_ids)
+    ids = _checks.int_array("input_ids", raw.astype(np.int64) if raw.size == 0 else raw, ndim=1)  # [] reads as float
     K, T, _ = t.shape
     N = T if num_virtual_tokens is None else _checks.positive_int("num_virtual_tokens", num_virtual_tokens)
     if N > T:
