@@ -2,7 +2,7 @@
 
     mpt-ref export-model ADAPTER_DIR --base-onnx BASE.onnx --base-weights BASE.safetensors -o model.onnx
                          [--embedding-key KEY] [--variant folded|faithful] [--force]
-                         [--triton DIR [--name NAME] [--max-batch-size 8]]
+                         [--triton DIR [--name NAME] [--max-batch-size 8] [--triton-backend onnxruntime|python]]
 
 BASE.onnx is ``torch.onnx.export`` of the transformers model called with ``inputs_embeds`` and
 ``attention_mask``; its word embeddings are read from BASE.safetensors (usual key names found
@@ -20,6 +20,7 @@ import argparse
 import warnings
 
 from mpt_ref.errors import InputError
+from mpt_ref.serve.triton import BACKENDS
 from mpt_ref.serve.whole_model import export_model
 from onnx_export.reference import VARIANTS
 
@@ -33,12 +34,14 @@ def _signature(model) -> str:
 def _run(args: argparse.Namespace) -> int:
     if args.name and not args.triton:
         raise InputError("--name: expected together with --triton DIR, got --name alone")
+    if args.triton_backend != "onnxruntime" and not args.triton:
+        raise InputError("--triton-backend: expected together with --triton DIR, got it alone")
     with warnings.catch_warnings():  # the P-tuning "table only" warning: the table is what PEFT serves too
         warnings.simplefilter("ignore", UserWarning)
         model, report = export_model(args.adapter, args.base_onnx, args.base_weights, args.output,
                                      embedding_key=args.embedding_key, variant=args.variant, overwrite=args.force,
                                      triton=args.triton, name=args.name or "prompt_model",
-                                     max_batch_size=args.max_batch_size)
+                                     max_batch_size=args.max_batch_size, triton_backend=args.triton_backend)
     print(report.format())
     if not report.ok:
         print(f"not written: {args.output}" + (f", {args.triton}" if args.triton else "")
@@ -62,5 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--triton", metavar="DIR", help="also write a Triton model repository DIR/NAME/{config.pbtxt,1/model.onnx}")
     p.add_argument("--name", help="the Triton model name (default prompt_model)")
     p.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size (default 8)")
+    p.add_argument("--triton-backend", choices=BACKENDS, default="onnxruntime",
+                   help="Triton backend: onnxruntime (default), or python (1/model.py runs model.onnx with onnxruntime)")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.set_defaults(func=_run)

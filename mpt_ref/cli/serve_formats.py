@@ -24,7 +24,7 @@ from mpt_ref.errors import InputError
 from mpt_ref.serve.ortgenai import write_ortgenai
 from mpt_ref.serve.prompt_table import SIDECAR_NAME, TABLE_NAME, write_prompt_table
 from mpt_ref.serve.servable import check_servable
-from mpt_ref.serve.triton import write_triton_repository
+from mpt_ref.serve.triton import BACKENDS, write_triton_repository
 from mpt_ref.serve.whole_model import read_word_embeddings
 from onnx_export.exporter import export
 
@@ -39,6 +39,8 @@ def serving_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-size", type=int, help="prompt-table: the base vocabulary size V, to list the prompt ids")
     p.add_argument("--name", help="triton: the model name (default prompt_<kind>)")
     p.add_argument("--max-batch-size", type=int, default=8, help="triton: max_batch_size (default 8)")
+    p.add_argument("--triton-backend", choices=BACKENDS, default="onnxruntime",
+                   help="triton: onnxruntime (default), or python (1/model.py runs model.onnx with onnxruntime)")
     p.add_argument("--base-weights", help="ortgenai: the base model's .safetensors holding its word embeddings")
     p.add_argument("--embedding-key", help="ortgenai: the word-embedding key in --base-weights (default: found "
                                            "automatically)")
@@ -57,6 +59,8 @@ def export_serving(module: Any, args: argparse.Namespace, *, report: Callable[..
     if args.format != "ortgenai" and any(a is not None for a in ortgenai):
         raise InputError(f"--base-weights, --embedding-key, --decoder: expected with --format ortgenai, got them with "
                          f"--format {args.format}")
+    if args.format != "triton" and args.triton_backend != "onnxruntime":
+        raise InputError(f"--triton-backend: expected with --format triton, got it with --format {args.format}")
     refuse_unservable(module, args)
     if args.format == "prompt-table":
         if args.name:
@@ -77,7 +81,8 @@ def export_serving(module: Any, args: argparse.Namespace, *, report: Callable[..
     model = export(module, None, variant=args.variant, dtype=args.dtype)
     name = args.name or f"prompt_{model.graph.name.removeprefix('mpt_ref_')}"
     parity, config, path = write_triton_repository(model, args.output, name, max_batch_size=args.max_batch_size,
-                                                   overwrite=args.force, check=lambda m: report(m, module, args))
+                                                   overwrite=args.force, check=lambda m: report(m, module, args),
+                                                   backend=args.triton_backend)
     if not parity.ok:
         print(f"not written: {config.parent} (a set that fails its check replaces nothing)")
         return 1

@@ -187,6 +187,7 @@ def export_model(
     triton: str | os.PathLike | None = None,
     name: str = "prompt_model",
     max_batch_size: int = 8,
+    triton_backend: str = "onnxruntime",
 ) -> tuple[onnx.ModelProto, ModelReport]:
     """``mpt-ref export-model``: a PEFT adapter directory + base ONNX + base safetensors -> one model, checked
     on onnxruntime (mpt_ref/serve/model_check.py) and written to ``output`` (atomically) only when the check
@@ -226,7 +227,8 @@ def export_model(
         return model, report
     try:  # the Triton set is staged and checked first; -o is written just before it is swapped in
         report, _, _ = write_triton_repository(model, triton, name, max_batch_size=max_batch_size,
-                                               overwrite=overwrite, check=check, with_set=write_output)
+                                               overwrite=overwrite, check=check, with_set=write_output,
+                                               backend=triton_backend)
     except BaseException:
         if output is not None and not existed:
             Path(output).unlink(missing_ok=True)  # a new -o file without its repository: not a set
