@@ -356,3 +356,19 @@ def test_cli_export_triton(tmp_path):
     text = (tmp_path / "mpt" / "config.pbtxt").read_text()
     assert 'name: "mpt"' in text and 'backend: "onnxruntime"' in text and "dynamic_batching" in text
     assert cli_main(["export", "--kind", "mpt", "--format", "triton", "-o", str(tmp_path), "--name", "mpt"]) == 2
+
+
+def test_triton_python_backend_repository(tmp_path):
+    """--triton-backend python: the same model.onnx and config, backend "python", and a model.py that compiles."""
+    import py_compile
+
+    model = build_prepend_model(modules()["mpt"], W)
+    report, config, path = write_triton_repository(model, tmp_path, "m", backend="python")
+    assert report is None and 'backend: "python"' in config.read_text()
+    script = tmp_path / "m" / "1" / "model.py"
+    py_compile.compile(str(script), doraise=True)
+    assert "TritonPythonModel" in script.read_text() and path.read_bytes() == model.SerializeToString()
+    with pytest.raises(InputError, match="backend"):
+        triton_config(model, "m", backend="tensorrt")
+    assert cli_main(["export", "--kind", "mpt", "--format", "prompt-table", "-o", str(tmp_path / "t"),
+                     "--triton-backend", "python"]) == 2
