@@ -349,16 +349,21 @@ def test_sets_under_a_file_size_quota_keep_the_old_set_and_allow_the_retry(tmp_p
         assert _triton_set_is_whole(target / "m") == 40
 
 
-@pytest.mark.parametrize("what", ["table", "triton", "export-model"])
+@pytest.mark.parametrize("what", ["table", "triton", "export-model", "ortgenai"])
 def test_a_full_disk_keeps_the_old_set_and_allows_the_retry(tmp_path, monkeypatch, capsys, what):
     """Before: on a full disk the Triton export left model.onnx without config.pbtxt, and the retry was
     refused as existing."""
+    from test_serve_engines import fake_decoder
+
     adapter, base_onnx, weights = files(tmp_path)
+    decoder = fake_decoder(tmp_path / "dec", vocab=V, hidden=D)
     argv = {"table": ["export", str(adapter), "--format", "prompt-table", "-o", str(tmp_path / "out")],
             "triton": ["export", str(adapter), "--format", "triton", "-o", str(tmp_path / "out"), "--name", "m"],
             "export-model": ["export-model", str(adapter), "--base-onnx", str(base_onnx), "--base-weights",
                              str(weights), "-o", str(tmp_path / "m.onnx"), "--triton", str(tmp_path / "out"),
-                             "--name", "m"]}[what]
+                             "--name", "m"],
+            "ortgenai": ["export", str(adapter), "--format", "ortgenai", "-o", str(tmp_path / "out"), "--base-weights",
+                         str(weights), "--decoder", str(decoder)]}[what]
     calls = {"n": 0}
     real = os.fsync
 
