@@ -77,7 +77,8 @@ def test_request_embeds_are_pefts_inputs_embeds(setup):
 def test_offline_engine_serves_every_adapter_and_task_in_one_batch(setup, reference):
     base_dir = setup[0]
     llm = vllm.LLM(model=str(base_dir), enable_prompt_embeds=True, skip_tokenizer_init=True, dtype="float32",
-                   block_size=32, max_model_len=128, logprobs_mode="raw_logits", max_logprobs=TOP, seed=0)
+                   block_size=32, max_model_len=128, logprobs_mode="raw_logits", max_logprobs=TOP, seed=0,
+                   enforce_eager=True)
     params = vllm.SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS, logprobs=TOP,
                                  detokenize=False)
     embeds = _embeds(setup)
@@ -105,7 +106,7 @@ def test_openai_server_serves_the_same_requests(setup, reference):
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_dir), "--host", "127.0.0.1",
          "--port", str(port), "--enable-prompt-embeds", "--skip-tokenizer-init", "--dtype", "float32",
          "--block-size", "32", "--max-model-len", "128", "--logprobs-mode", "raw_logits", "--max-logprobs", str(TOP),
-         "--served-model-name", "base"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--served-model-name", "base", "--enforce-eager"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
         while True:
