@@ -224,6 +224,11 @@ def test_staged_set_refuses_to_replace_a_directory_with_other_files(tmp_path):
     with pytest.raises(OutputExistsError, match="notes.txt"):
         write_prompt_table(mpt(), target, overwrite=True)
     assert (target / "notes.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file", tmp_path / "file" / "t"):  # the target or a parent is a file
+        with pytest.raises(OutputExistsError, match="existing file"):
+            write_prompt_table(mpt(), target, overwrite=True)
+    assert (tmp_path / "file").read_text() == "x"
     with pytest.raises(InputError, match="rel"):
         with StagedSet(tmp_path / "u", names=("a",)) as stage:
             stage.write("../b", b"x")

@@ -47,6 +47,11 @@ class StagedSet:
         self.names = {_top(n) for n in names}
         if self.target.exists() and not self.target.is_dir():
             raise OutputExistsError(f"{self.target}: expected a directory for this set of files, got an existing file")
+        for parent in self.target.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise OutputExistsError(f"{self.target}: expected a directory at {parent}, got an existing file")
+                break
         self.exists = self.target.is_dir()
         if self.exists:
             self._check_existing(overwrite)

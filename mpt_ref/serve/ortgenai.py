@@ -201,7 +201,7 @@ def write_ortgenai(module: Any, word_embeddings: Any, decoder_dir: str | os.Path
     w = np.asarray(word_embeddings)
     decoder_dir = Path(decoder_dir)
     target = Path(directory)
-    if target.exists() and any(target.iterdir()) and not overwrite:  # refuse before any work
+    if target.is_dir() and any(target.iterdir()) and not overwrite:  # refuse before any work
         raise OutputExistsError(f"{target}: expected a new directory, got an existing one (pass overwrite=True / --force)")
     config, inputs, outputs, filename = _decoder(decoder_dir)
     model_cfg = config["model"]

@@ -199,7 +199,7 @@ def export_model(
         raise OutputExistsError(f"{output}: expected a new file, got an existing one (pass overwrite=True / --force)")
     if triton is not None:
         root = Path(triton) / name
-        if root.exists() and any(root.iterdir()) and not overwrite:
+        if root.is_dir() and any(root.iterdir()) and not overwrite:
             raise OutputExistsError(f"{root}: expected a new Triton model directory, got an existing one "
                                     "(pass overwrite=True / --force)")
     module = load_peft_adapter(adapter)
