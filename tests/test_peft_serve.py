@@ -201,7 +201,7 @@ HEAD_MODELS = {"SEQ_CLS": "ForSequenceClassification", "TOKEN_CLS": "ForTokenCla
 
 @pytest.mark.parametrize("task_type", sorted(HEAD_MODELS))
 def test_head_adapters_are_refused_naming_their_head_keys(base, tmp_path, capsys, task_type):
-    """The issue's case: a SEQ_CLS adapter exported with exit 0 and logits 3.49 off PeftModel's, its trained
+    """Before: a SEQ_CLS adapter exported with exit 0 and logits 3.49 off PeftModel's, its trained
     head (base_model.score.weight) dropped without a word."""
     name, hf_dir, base_onnx = base
     prefix = "GPT2" if name == "gpt2" else "Llama"
@@ -250,7 +250,7 @@ def test_a_task_type_null_adapter_is_refused(base, tmp_path, capsys):
 
 
 def test_a_base_exported_without_dynamic_axes_is_refused_before_writing(base, adapters, tmp_path, capsys):
-    """The issue's case: accepted with exit 0, then every call failed in onnxruntime ('Attempting to broadcast
+    """Before: accepted with exit 0, then every call failed in onnxruntime ('Attempting to broadcast
     an axis by a dimension other than 1. 7 by 13')."""
     name, hf_dir, _ = base
     static = tmp_path / "static.onnx"

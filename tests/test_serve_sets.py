@@ -125,7 +125,7 @@ def test_check_servable_names_the_reason_for_a_module_without_task_type():
 
 @pytest.mark.parametrize("dims", [("seq", 2), (5, "batch"), (5, 2)])
 def test_export_model_refuses_a_base_graph_with_a_fixed_sequence_axis(tmp_path, capsys, dims):
-    """The issue's case: a base exported without dynamic axes was accepted and failed at every call."""
+    """Before: a base exported without dynamic axes was accepted and failed at every call."""
     seq, batch = dims
     adapter, base_onnx, weights = files(tmp_path, base_graph(seq=seq, batch=batch))
     out = tmp_path / "m.onnx"
