@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file, save_file
 
@@ -386,3 +388,51 @@ def test_a_full_disk_keeps_the_old_set_and_allows_the_retry(tmp_path, monkeypatc
     assert not list(tmp_path.rglob(".*.mpt-ref-tmp"))
     assert cli_main(argv) == 0  # the retry is not refused as existing
     capsys.readouterr()
+
+
+def test_the_whole_model_check_of_a_float16_base_with_a_bool_mask(tmp_path, capsys):
+    x = helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT16, ["batch", "seq", D])
+    m = helper.make_tensor_value_info("attention_mask", TensorProto.BOOL, ["batch", "seq"])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", "seq", 7])
+    nodes = [helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT16),
+             helper.make_node("Unsqueeze", ["mf", "axis2"], ["m3"]),
+             helper.make_node("Mul", ["inputs_embeds", "m3"], ["masked"]),
+             helper.make_node("MatMul", ["masked", "U"], ["logits"])]
+    inits = [numpy_helper.from_array(U.astype(np.float16), "U"),
+             numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")]
+    base = helper.make_model(helper.make_graph(nodes, "toy_fp16", [x, m], [y], initializer=inits),
+                             opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    adapter, base_onnx, weights = files(tmp_path, base)
+    assert cli_main(["export-model", str(adapter), "--base-onnx", str(base_onnx), "--base-weights", str(weights),
+                     "-o", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "dtype=float16" in out and "verdict: PASS" in out
+
+
+NAMES = ("a.npy", "b.json", "1/model.onnx")
+_sets = st.dictionaries(st.sampled_from(NAMES), st.binary(max_size=40), min_size=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(_sets, st.sampled_from(["commit", "discard", "raise"])), min_size=1, max_size=6))
+def test_a_staged_set_is_the_last_committed_set_whatever_happens_between(tmp_path_factory, steps):
+    """Any sequence of staged writes that commit, are discarded (a failed check) or raise midway leaves the target
+    holding exactly the last committed set (or nothing), and no staging directory behind."""
+    root = tmp_path_factory.mktemp("staged")
+    target, last = root / "set", None
+    for files, action in steps:
+        try:
+            with StagedSet(target, names=NAMES, overwrite=True) as stage:
+                for k, (rel, data) in enumerate(files.items()):
+                    if action == "raise" and k == len(files) - 1:
+                        raise OSError(errno.ENOSPC, "No space left on device")
+                    stage.write(rel, data)
+                if action == "commit":
+                    stage.commit()
+                    last = files
+        except OSError:
+            pass
+        on_disk = ({str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*") if p.is_file()}
+                   if target.exists() else None)
+        assert on_disk == last
+        assert sorted(p.name for p in root.iterdir()) == ([] if last is None else ["set"])
