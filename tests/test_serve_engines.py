@@ -150,3 +150,11 @@ def test_cli_export_ortgenai(tmp_path, capsys):
     assert cli_main(["export", str(adapter), "--format", "prompt-table", "-o", str(tmp_path / "t"), "--decoder",
                      str(dec)]) == 2
     assert not (tmp_path / "t").exists()
+
+
+def test_write_ortgenai_refuses_a_seq2seq_adapter(tmp_path):
+    module = MultitaskPromptEmbedding(MultitaskPromptTuningConfig(task_type="SEQ_2_SEQ_LM", num_virtual_tokens=N,
+                                                                  token_dim=D, num_tasks=K, num_ranks=2), seed=1)
+    with pytest.raises(InputError, match="SEQ_2_SEQ_LM"):
+        write_ortgenai(module, W, fake_decoder(tmp_path / "dec"), tmp_path / "served")
+    assert not (tmp_path / "served").exists()

@@ -203,6 +203,10 @@ def write_ortgenai(module: Any, word_embeddings: Any, decoder_dir: str | os.Path
     target = Path(directory)
     if target.is_dir() and any(target.iterdir()) and not overwrite:  # refuse before any work
         raise OutputExistsError(f"{target}: expected a new directory, got an existing one (pass overwrite=True / --force)")
+    task_type = getattr(module.config.task_type, "value", module.config.task_type)
+    if task_type == "SEQ_2_SEQ_LM":
+        raise InputError("adapter: expected a decoder-only adapter (CAUSAL_LM) for onnxruntime-genai's decoder "
+                         "pipeline, got SEQ_2_SEQ_LM (its prompt goes to the encoder)")
     config, inputs, outputs, filename = _decoder(decoder_dir)
     model_cfg = config["model"]
     V, D = w.shape
