@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
@@ -99,14 +100,27 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_openai_server_serves_the_same_requests(setup, reference):
+def _complete(port, embeds):
+    body = completion_request(embeds, model="base", max_tokens=NEW_TOKENS, logprobs=TOP, min_tokens=NEW_TOKENS,
+                              return_tokens_as_token_ids=True)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        lp = json.loads(resp.read())["choices"][0]["logprobs"]
+    tokens = [int(t.removeprefix("token_id:")) for t in lp["tokens"]]
+    steps = [{int(t.removeprefix("token_id:")): v for t, v in top.items()} for top in lp["top_logprobs"]]
+    return tokens, steps
+
+
+def test_openai_server_serves_the_same_requests(setup, reference, tmp_path):
     base_dir = setup[0]
     port = _free_port()
+    log = open(tmp_path / "server.log", "w")  # a file, not a pipe nobody reads while the server runs
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_dir), "--host", "127.0.0.1",
          "--port", str(port), "--enable-prompt-embeds", "--skip-tokenizer-init", "--dtype", "float32",
          "--block-size", "32", "--max-model-len", "128", "--logprobs-mode", "raw_logits", "--max-logprobs", str(TOP),
-         "--served-model-name", "base", "--enforce-eager"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--served-model-name", "base", "--enforce-eager"], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
         while True:
@@ -114,23 +128,11 @@ def test_openai_server_serves_the_same_requests(setup, reference):
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
                 break
             except OSError:
-                if server.poll() is not None:
-                    pytest.fail(f"vLLM server exited: {server.stderr.read()[-2000:]}")
-                if time.time() > deadline:
-                    pytest.fail("vLLM server not ready within 300 s")
+                if server.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"vLLM server not ready: {(tmp_path / 'server.log').read_text()[-2000:]}")
                 time.sleep(2)
-        got = []
-        for embeds in _embeds(setup):
-            body = completion_request(embeds, model="base", max_tokens=NEW_TOKENS, logprobs=TOP,
-                                      min_tokens=NEW_TOKENS, return_tokens_as_token_ids=True)
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=120) as resp:
-                choice = json.loads(resp.read())["choices"][0]
-            lp = choice["logprobs"]
-            tokens = [int(t.removeprefix("token_id:")) for t in lp["tokens"]]
-            steps = [{int(t.removeprefix("token_id:")): v for t, v in top.items()} for top in lp["top_logprobs"]]
-            got.append((tokens, steps))
+        with ThreadPoolExecutor(max_workers=9) as pool:  # all requests at once: the server batches them
+            got = list(pool.map(lambda e: _complete(port, e), _embeds(setup)))
     finally:
         server.terminate()
         try:
@@ -138,6 +140,7 @@ def test_openai_server_serves_the_same_requests(setup, reference):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        log.close()
     _judge("vllm http", setup, reference, got)
 
 
