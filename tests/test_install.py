@@ -201,7 +201,7 @@ def test_wheel_install_runs_the_readme_from_another_directory(dists, tmp_path):
     _run([str(py), "make_base.py"], cwd=work, env=env)
     _run(mpt + ["export-model", "made_adapter", "--base-onnx", "base.onnx", "--base-weights", "base.safetensors",
                 "-o", "model.onnx"], cwd=work, env=env)
-    _run(mpt + ["export", "made_adapter", "--format", "prompt-table", "-o", "table.npy"], cwd=work, env=env)
+    _run(mpt + ["export", "made_adapter", "--format", "prompt-table", "-o", "table"], cwd=work, env=env)
     _run(mpt + ["export", "made_adapter", "--format", "triton", "-o", "triton_repo"], cwd=work, env=env)
     _run(mpt + ["train-demo", "--quick"], cwd=work, env=env)
     _run(mpt + ["bench", "--quick", "--only", "mpt", "--no-sweep", "--repeats", "1"], cwd=work, env=env)

@@ -191,3 +191,104 @@ def test_prompt_table_lookup_equals_peft_prepend(base, adapters, kind):
         prompts = reloaded.get_prompt(3, task_ids=torch.tensor(tasks) if kind == "mpt" else None)
         want = torch.cat([prompts, reloaded.word_embeddings(torch.tensor(ids))], dim=1).numpy()
     assert_close(f"{name} {kind} prompt-table lookup", got, want, PEFT_F32)
+
+
+# --- right or refused, and export-model's own check, on real PEFT adapters ------------------------------
+
+HEAD_MODELS = {"SEQ_CLS": "ForSequenceClassification", "TOKEN_CLS": "ForTokenClassification",
+               "QUESTION_ANS": "ForQuestionAnswering"}
+
+
+@pytest.mark.parametrize("task_type", sorted(HEAD_MODELS))
+def test_head_adapters_are_refused_naming_their_head_keys(base, tmp_path, capsys, task_type):
+    """Before: a SEQ_CLS adapter exported with exit 0 and logits 3.49 off PeftModel's, its trained
+    head (base_model.score.weight) dropped without a word."""
+    name, hf_dir, base_onnx = base
+    prefix = "GPT2" if name == "gpt2" else "Llama"
+    cls = getattr(transformers, prefix + HEAD_MODELS[task_type])
+    config = transformers.AutoConfig.from_pretrained(str(hf_dir), num_labels=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = peft.get_peft_model(cls(config), peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=N))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    head_keys = sorted(set(_saved_keys(tmp_path / "adapter")) - {"prompt_embeddings"})
+    assert head_keys  # PEFT saved a trained head beside the prompt
+    argvs = [["export-model", str(tmp_path / "adapter"), "--base-onnx", str(base_onnx), "--base-weights",
+              str(hf_dir / "model.safetensors"), "-o", str(tmp_path / "m.onnx")],
+             ["export", str(tmp_path / "adapter"), "--format", "prompt-table", "-o", str(tmp_path / "t")],
+             ["export", str(tmp_path / "adapter"), "-o", str(tmp_path / "p.onnx")]]
+    for argv in argvs:
+        capsys.readouterr()
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert all(k in err for k in head_keys), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def _saved_keys(directory):
+    from safetensors.numpy import load_file
+
+    return list(load_file(str(directory / "adapter_model.safetensors")))
+
+
+def test_a_task_type_null_adapter_is_refused(base, tmp_path, capsys):
+    """PEFT's bare PeftModel saves it and ignores the prompt (logits = the base model's); exporting it with the
+    prompt prepended was silently wrong."""
+    name, hf_dir, base_onnx = base
+    base_model = _base(name)
+    model = peft.PeftModel(base_model, peft.PromptTuningConfig(num_virtual_tokens=N))
+    ids = torch.randint(0, V, (1, 4))
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, base_model(input_ids=ids).logits)  # the prompt is ignored
+    model.save_pretrained(str(tmp_path / "adapter"))
+    for argv in (["export-model", str(tmp_path / "adapter"), "--base-onnx", str(base_onnx), "--base-weights",
+                  str(hf_dir / "model.safetensors"), "-o", str(tmp_path / "m.onnx")],
+                 ["export", str(tmp_path / "adapter"), "--format", "triton", "-o", str(tmp_path / "repo")]):
+        capsys.readouterr()
+        assert cli_main(argv) == 2
+        assert "task_type" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_a_base_exported_without_dynamic_axes_is_refused_before_writing(base, adapters, tmp_path, capsys):
+    """Before: accepted with exit 0, then every call failed in onnxruntime ('Attempting to broadcast
+    an axis by a dimension other than 1. 7 by 13')."""
+    name, hf_dir, _ = base
+    static = tmp_path / "static.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_EmbedsToLogits(_base(name)), (torch.randn(2, 5, D), torch.ones(2, 5, dtype=torch.int64)),
+                          str(static), dynamo=False, input_names=["inputs_embeds", "attention_mask"],
+                          output_names=["logits"], opset_version=OPSETS[name])
+    adapter_dir = adapters["prompt_tuning"][0]
+    out = tmp_path / "m.onnx"
+    rc = cli_main(["export-model", str(adapter_dir), "--base-onnx", str(static), "--base-weights",
+                   str(hf_dir / "model.safetensors"), "-o", str(out)])
+    assert rc == 2 and "sequence axis" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_model_prints_a_passing_check(base, adapters, kind, capsys):
+    """export-model ran the composed model itself (adapters fixture): re-run here to read its verdict."""
+    name, hf_dir, base_onnx = base
+    adapter_dir, _, composed = adapters[kind]
+    capsys.readouterr()
+    out = composed.parent / "again.onnx"
+    assert cli_main(["export-model", str(adapter_dir), "--base-onnx", str(base_onnx), "--base-weights",
+                     str(hf_dir / "model.safetensors"), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "verdict: PASS" in text and "logits vs base graph alone" in text
+    if os.environ.get("MPT_REF_PRINT_ERRORS"):
+        print(f"\n{name} {kind}\n{text}")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+def test_tensor_bytes_load_with_torch_as_vllms_server_loads_them(dtype):
+    """vLLM's OpenAI server reads prompt_embeds with torch.load(weights_only=True); mpt-ref writes them without torch."""
+    import io
+
+    from mpt_ref.serve.vllm import tensor_bytes
+
+    a = np.random.default_rng(0).normal(size=(5, 7)).astype(dtype)
+    t = torch.load(io.BytesIO(tensor_bytes(a)), weights_only=True, map_location="cpu")
+    assert t.dtype == torch.from_numpy(a).dtype and tuple(t.shape) == a.shape
+    np.testing.assert_array_equal(t.numpy(), a)

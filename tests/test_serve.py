@@ -263,28 +263,32 @@ def test_trtllm_lookup_by_hand():
 
 def test_write_prompt_table_and_sidecar(tmp_path):
     module = modules()["mpt"]
-    path, side = write_prompt_table(module, tmp_path / "table.npy", dtype="float16", vocab_size=V)
-    table = np.load(path)
-    meta = json.loads(side.read_text())
+    report, directory = write_prompt_table(module, tmp_path / "table", dtype="float16", vocab_size=V)
+    assert report.ok and report.max_abs <= report.bound
+    table = np.load(directory / "prompt_table.npy")
+    meta = json.loads((directory / "prompt_table.json").read_text())
+    assert sorted(p.name for p in directory.iterdir()) == ["prompt_table.json", "prompt_table.npy"]
     assert table.shape == (K, N, D) and table.dtype == np.float16
     assert meta["shape"] == [K, N, D] and meta["prompt_table_shape"] == [K * N, D]
     assert meta["task_ids"] == [0, 1, 2] and meta["dtype"] == "float16" and meta["task_vocab_size"] == N
     assert meta["prompt_input_ids"] == [V, V + 1, V + 2]
     import hashlib
-    assert meta["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert meta["sha256"] == hashlib.sha256((directory / "prompt_table.npy").read_bytes()).hexdigest()
     with pytest.raises(OutputExistsError):
+        write_prompt_table(module, tmp_path / "table")
+    with pytest.raises(InputError, match="directory"):
         write_prompt_table(module, tmp_path / "table.npy")
-    with pytest.raises(InputError, match=".npy"):
-        write_prompt_table(module, tmp_path / "table.bin")
 
 
-def test_cli_export_prompt_table(tmp_path):
+def test_cli_export_prompt_table(tmp_path, capsys):
     adapter = tmp_path / "adapter"
     modules()["prompt_embedding"].save_pretrained(adapter)
-    out = tmp_path / "t.npy"
+    out = tmp_path / "t"
     assert cli_main(["export", str(adapter), "--format", "prompt-table", "-o", str(out)]) == 0
-    np.testing.assert_array_equal(np.load(out)[0], modules()["prompt_embedding"].state_dict()["embedding.weight"])
-    assert json.loads((tmp_path / "t.json").read_text())["num_tasks"] == 1
+    assert "verdict: PASS" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(out / "prompt_table.npy")[0],
+                                  modules()["prompt_embedding"].state_dict()["embedding.weight"])
+    assert json.loads((out / "prompt_table.json").read_text())["num_tasks"] == 1
     assert cli_main(["export", str(adapter), "--format", "prompt-table", "-o", str(out)]) == 2
 
 
@@ -340,7 +344,7 @@ def test_triton_signature_without_batching_and_refusals(tmp_path):
         triton_config(static, "m")
     with pytest.raises(InputError, match="name"):
         triton_config(model, "a b")
-    _, path = write_triton_repository(model, tmp_path, "m")
+    _, _, path = write_triton_repository(model, tmp_path, "m")
     assert path == tmp_path / "m" / "1" / "model.onnx" and onnx.load(str(path)).graph.name == model.graph.name
     with pytest.raises(OutputExistsError):
         write_triton_repository(model, tmp_path, "m")
@@ -352,3 +356,19 @@ def test_cli_export_triton(tmp_path):
     text = (tmp_path / "mpt" / "config.pbtxt").read_text()
     assert 'name: "mpt"' in text and 'backend: "onnxruntime"' in text and "dynamic_batching" in text
     assert cli_main(["export", "--kind", "mpt", "--format", "triton", "-o", str(tmp_path), "--name", "mpt"]) == 2
+
+
+def test_triton_python_backend_repository(tmp_path):
+    """--triton-backend python: the same model.onnx and config, backend "python", and a model.py that compiles."""
+    import py_compile
+
+    model = build_prepend_model(modules()["mpt"], W)
+    report, config, path = write_triton_repository(model, tmp_path, "m", backend="python")
+    assert report is None and 'backend: "python"' in config.read_text()
+    script = tmp_path / "m" / "1" / "model.py"
+    py_compile.compile(str(script), doraise=True)
+    assert "TritonPythonModel" in script.read_text() and path.read_bytes() == model.SerializeToString()
+    with pytest.raises(InputError, match="backend"):
+        triton_config(model, "m", backend="tensorrt")
+    assert cli_main(["export", "--kind", "mpt", "--format", "prompt-table", "-o", str(tmp_path / "t"),
+                     "--triton-backend", "python"]) == 2

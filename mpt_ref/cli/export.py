@@ -41,7 +41,7 @@ from mpt_ref.cli._args import (
     seed_int,
     write_json,
 )
-from mpt_ref.cli.serve_formats import export_serving, serving_args
+from mpt_ref.cli.serve_formats import export_serving, refuse_unservable, serving_args
 from mpt_ref.errors import CheckpointError, InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
@@ -102,8 +102,8 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     add_runtime(p)
 
 
-def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace, *, here: str = "here",
-            weights: str = "", stream: Any = None) -> int:
+def _checked(model: Any, module: Any, providers: list[str], args: argparse.Namespace, *, here: str = "here",
+             weights: str = "", stream: Any = None) -> Any:
     report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed or 0, here=here)
     report.weights = report.weights or weights
     notes, report.notes = report.notes, []
@@ -113,7 +113,11 @@ def _report(model: Any, module: Any, providers: list[str], args: argparse.Namesp
         note(line)
     write_json(getattr(args, "json", None), {"verdict": "PASS" if report.ok else "FAIL", "report": report},
                getattr(args, "force", False))
-    return 0 if report.ok else 1
+    return report
+
+
+def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace, **where: Any) -> int:
+    return 0 if _checked(model, module, providers, args, **where).ok else 1
 
 
 def _refuse_options_of_other_formats(args: argparse.Namespace) -> None:
@@ -142,8 +146,9 @@ def _export(args: argparse.Namespace) -> int:
             raise InputError(f"--output: '{STDOUT}' writes the binary model to stdout, which is a terminal here; "
                              f"redirect it (mpt-ref export -o - > prompt.onnx) or name a file")
     module = module_from_args(args)
+    refuse_unservable(module, args)  # task_type null, a trained head: PEFT would not serve this prompt alone
     if args.format != "onnx":  # the serving formats: mpt_ref/serve, spec/serving.md
-        return export_serving(module, args, report=lambda model, mod, a: _report(model, mod, providers, a))
+        return export_serving(module, args, report=lambda model, mod, a: _checked(model, mod, providers, a))
     to_stdout = args.output == STDOUT
     model = export(module, None if to_stdout else args.output, variant=args.variant, dtype=args.dtype,
                    overwrite=args.force)

@@ -16,6 +16,7 @@ the next task's rows), the emulation refuses such ids.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,8 +28,8 @@ import numpy as np
 
 from mpt_ref import _checks
 from mpt_ref._version import SPEC_VERSION, __version__
-from mpt_ref.errors import IndexRangeError, InputError, OutputExistsError
-from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.errors import IndexRangeError, InputError
+from mpt_ref.io.staged import StagedSet
 from mpt_ref.modules.kind import Kind
 from onnx_export._spec import module_spec
 from onnx_export.exporter import export_dtype
@@ -89,38 +90,95 @@ def sidecar(module: Any, table: np.ndarray, *, vocab_size: int | None = None) ->
     return out
 
 
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """table.npy -> table.json."""
-    return Path(path).with_suffix(".json")
+TABLE_NAME, SIDECAR_NAME = "prompt_table.npy", "prompt_table.json"
 
 
-def write_prompt_table(
-    module: Any,
-    path: str | os.PathLike,
-    *,
-    dtype: Any = "float32",
-    vocab_size: int | None = None,
-    overwrite: bool = False,
-) -> tuple[Path, Path]:
-    """Write the (K, T, D) table as .npy and its JSON sidecar (same stem, .json), each atomically;
-    nothing is written if either exists, unless ``overwrite``."""
-    path = Path(path)
-    if path.suffix != ".npy":
-        raise InputError(f"output: expected a path ending in .npy, got {str(path)!r}")
-    side = sidecar_path(path)
-    existing = [str(p) for p in (path, side) if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"output: expected new files, got existing {existing} (pass overwrite=True / --force)")
+def prompt_table_files(module: Any, *, dtype: Any = "float32", vocab_size: int | None = None) -> dict[str, bytes]:
+    """The set ``--format prompt-table`` writes: {TABLE_NAME: the .npy bytes, SIDECAR_NAME: the JSON sidecar
+    naming the table's sha256}."""
     table = prompt_table(module, dtype)
     buf = io.BytesIO()
     np.save(buf, table, allow_pickle=False)
     data = buf.getvalue()
     meta = sidecar(module, table, vocab_size=vocab_size)
-    meta["file"] = path.name
+    meta["file"] = TABLE_NAME
     meta["sha256"] = hashlib.sha256(data).hexdigest()
-    atomic_write_bytes(path, data, overwrite=overwrite)
-    atomic_write_bytes(side, (json.dumps(meta, indent=2) + "\n").encode(), overwrite=overwrite)
-    return path, side
+    return {TABLE_NAME: data, SIDECAR_NAME: (json.dumps(meta, indent=2) + "\n").encode()}
+
+
+def check_prompt_table(module: Any, directory: str | os.PathLike, *, dtype: Any = "float32") -> TableReport:
+    """Read a written set back: the table must be the float64 reference rounded once to ``dtype``, bit for
+    bit (spec/serving.md), and the sidecar must name its sha256, shape and dtype."""
+    directory = Path(directory)
+    problems = []
+    data = (directory / TABLE_NAME).read_bytes()
+    meta = json.loads((directory / SIDECAR_NAME).read_text())
+    got = np.load(io.BytesIO(data), allow_pickle=False)
+    want = reference_prompt_table(module_spec(module))
+    want = want if want.ndim == 3 else want[None]
+    ref = want.astype(export_dtype(dtype))
+    if got.shape != want.shape or got.dtype != ref.dtype:
+        problems.append(f"table: expected shape {want.shape} dtype {ref.dtype}, got {got.shape} {got.dtype}")
+        max_abs = float("inf")
+    else:
+        max_abs = float(np.abs(got.astype(np.float64) - want).max(initial=0.0))
+        if not np.array_equal(got, ref):
+            problems.append("table: expected the float64 reference rounded once, got other values")
+    if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        problems.append(f"{SIDECAR_NAME}: expected the sha256 of {TABLE_NAME}, got {meta.get('sha256')!r}")
+    if meta.get("shape") != list(got.shape) or meta.get("dtype") != got.dtype.name:
+        problems.append(f"{SIDECAR_NAME}: expected shape {list(got.shape)} dtype {got.dtype.name}, got "
+                        f"{meta.get('shape')} {meta.get('dtype')}")
+    bound = float(np.abs(want).max(initial=0.0)) * float(np.finfo(ref.dtype).eps) / 2
+    return TableReport(str(directory), max_abs, bound, problems)
+
+
+@dataclasses.dataclass
+class TableReport:
+    """What ``check_prompt_table`` found: the written table against the float64 reference."""
+
+    directory: str
+    max_abs: float
+    bound: float  # one rounding: max |reference| · u of the dtype
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        lines = [f"check: {self.directory} read back vs the float64 reference: max abs {self.max_abs:.2e} "
+                 f"(one rounding: <= {self.bound:.2e}, and bit for bit the reference rounded once)"]
+        lines += [f"  FAIL: {p}" for p in self.problems]
+        lines.append(f"verdict: {'PASS' if self.ok else 'FAIL'}")
+        return "\n".join(lines)
+
+
+def write_prompt_table(
+    module: Any,
+    directory: str | os.PathLike,
+    *,
+    dtype: Any = "float32",
+    vocab_size: int | None = None,
+    overwrite: bool = False,
+) -> tuple[TableReport, Path]:
+    """Write DIR/prompt_table.npy (the (K, T, D) table) and DIR/prompt_table.json (its sidecar) as one set:
+    staged beside DIR, read back and checked (``check_prompt_table``), and swapped into place only when the
+    check passes. Returns (the report, DIR). An existing DIR is replaced only with ``overwrite`` (and only
+    when it holds nothing but a previous table set)."""
+    directory = Path(directory)
+    if directory.suffix == ".npy":
+        raise InputError(f"output: expected a directory to hold {TABLE_NAME} and {SIDECAR_NAME} (written as one "
+                         f"set), got a path ending in .npy: {str(directory)!r}")
+    files = prompt_table_files(module, dtype=dtype, vocab_size=vocab_size)
+    with StagedSet(directory, names=files, overwrite=overwrite) as stage:
+        for name, data in files.items():
+            stage.write(name, data)
+        report = check_prompt_table(module, stage.path, dtype=dtype)
+        report.directory = str(directory)
+        if report.ok:
+            stage.commit()
+    return report, directory
 
 
 def prompt_input_ids(input_ids: Any, vocab_size: int, num_virtual_tokens: int) -> np.ndarray:

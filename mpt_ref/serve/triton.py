@@ -3,6 +3,8 @@
     DIR/<name>/config.pbtxt     name, backend "onnxruntime", max_batch_size, dynamic_batching, and every
                                 graph input/output with its name, data type and dims
     DIR/<name>/1/model.onnx     the model
+    DIR/<name>/1/model.py       backend "python" only: a short model running model.onnx with onnxruntime, for
+                                Triton builds without the onnxruntime backend (nvidia-pytriton's bundled server)
 
 The config is derived from the graph's signature. With max_batch_size > 0 (batching on), Triton's dims
 leave out the batch axis, so every input and output must have a symbolic first axis; a symbolic axis
@@ -16,14 +18,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnx import TensorProto
 
 from mpt_ref import _checks
-from mpt_ref.errors import InputError, OutputExistsError
-from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.errors import InputError
+from mpt_ref.io.staged import StagedSet
+from onnx_export.runtimes import load_model
 
 # ONNX element type -> Triton DataType name (model_config.proto)
 TRITON_TYPES = {
@@ -78,18 +83,66 @@ def _tensor_block(kind: str, entries: list[dict]) -> list[str]:
     return lines + ["]"]
 
 
-def triton_config(model: onnx.ModelProto, name: str, *, max_batch_size: int = 8) -> str:
-    """config.pbtxt text for ``model`` served as ``name`` by the onnxruntime backend."""
+BACKENDS = ("onnxruntime", "python")
+# The python backend's model: runs 1/model.onnx with onnxruntime, one session per model instance. For Triton
+# builds without the onnxruntime backend (e.g. the tritonserver bundled with nvidia-pytriton).
+PYTHON_MODEL = '''"""Triton python backend model written by mpt-ref: runs model.onnx beside it with onnxruntime (CPU).
+Each request is run as sent (its own batch axis); inputs with a reshape in config.pbtxt get it applied."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.inputs = [(i["name"], i.get("reshape", {}).get("shape")) for i in config["input"]]
+        self.outputs = [o["name"] for o in config["output"]]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            feeds = {}
+            for name, reshape in self.inputs:
+                value = pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                if reshape is not None:
+                    value = value.reshape((value.shape[0], *[int(d) for d in reshape]))
+                feeds[name] = value
+            try:
+                outs = self.session.run(self.outputs, feeds)
+            except Exception as exc:  # onnxruntime refusing the input: an error response, not a crash
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                continue
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, np.ascontiguousarray(o))
+                                                         for n, o in zip(self.outputs, outs)]))
+        return responses
+'''
+
+
+def triton_config(model: onnx.ModelProto, name: str, *, max_batch_size: int = 8, backend: str = "onnxruntime") -> str:
+    """config.pbtxt text for ``model`` served as ``name`` by the onnxruntime backend (or the python backend
+    running the same model.onnx with onnxruntime: ``backend="python"``)."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
     if not NAME_RE.match(name or ""):
         raise InputError(f"name: expected a model name of letters, digits, '_', '.', '-', got {name!r}")
     max_batch_size = _checks.positive_int("max_batch_size", max_batch_size, minimum=0)
     inputs, outputs = model_signature(model, max_batch_size=max_batch_size)
-    lines = [f'name: "{name}"', 'backend: "onnxruntime"', f"max_batch_size: {max_batch_size}"]
+    lines = [f'name: "{name}"', f'backend: "{backend}"', f"max_batch_size: {max_batch_size}"]
     lines += _tensor_block("input", inputs) + _tensor_block("output", outputs)
     if max_batch_size > 0:
         lines.append("dynamic_batching { }")
     lines.append("instance_group [ { kind: KIND_CPU } ]  # KIND_GPU with the CUDA execution provider")
     return "\n".join(lines) + "\n"
+
+
+CONFIG_NAME, MODEL_PATH, PYTHON_MODEL_PATH = "config.pbtxt", "1/model.onnx", "1/model.py"
 
 
 def write_triton_repository(
@@ -99,15 +152,28 @@ def write_triton_repository(
     *,
     max_batch_size: int = 8,
     overwrite: bool = False,
-) -> tuple[Path, Path]:
-    """Write DIR/name/config.pbtxt and DIR/name/1/model.onnx (each atomically; nothing is written if
-    either exists, unless ``overwrite``)."""
-    config = triton_config(model, name, max_batch_size=max_batch_size)
+    check: Callable[[onnx.ModelProto], Any] | None = None,
+    with_set: Callable[[], None] | None = None,
+    backend: str = "onnxruntime",
+) -> tuple[Any, Path, Path]:
+    """Write DIR/name/config.pbtxt and DIR/name/1/model.onnx (and 1/model.py for the python backend) as one set: staged beside DIR/name, the model
+    read back from the staged file and passed to ``check`` (which returns a report with ``.ok``), and
+    swapped into place only when the check passes (always, without a check). Returns (the report or None,
+    config path, model path). An existing DIR/name is replaced only with ``overwrite``. ``with_set``: called after
+    a passing check, just before the swap, to write what belongs to the same set elsewhere (export-model's
+    -o file); if it raises, nothing is swapped in."""
+    config = triton_config(model, name, max_batch_size=max_batch_size, backend=backend)
     root = Path(directory) / name
-    config_path, model_path = root / "config.pbtxt", root / "1" / "model.onnx"
-    existing = [str(p) for p in (config_path, model_path) if p.exists()]
-    if existing and not overwrite:
-        raise OutputExistsError(f"output: expected new files, got existing {existing} (pass overwrite=True / --force)")
-    atomic_write_bytes(model_path, model.SerializeToString(), overwrite=overwrite)
-    atomic_write_bytes(config_path, config.encode(), overwrite=overwrite)
-    return config_path, model_path
+    report = None
+    with StagedSet(root, names=(CONFIG_NAME, "1"), overwrite=overwrite) as stage:
+        written = stage.write(MODEL_PATH, model.SerializeToString())
+        stage.write(CONFIG_NAME, config.encode())
+        if backend == "python":
+            stage.write(PYTHON_MODEL_PATH, PYTHON_MODEL.encode())
+        if check is not None:
+            report = check(load_model(written, "staged model"))
+        if report is None or report.ok:
+            if with_set is not None:
+                with_set()
+            stage.commit()
+    return report, root / CONFIG_NAME, root / MODEL_PATH

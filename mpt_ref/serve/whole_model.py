@@ -21,6 +21,9 @@ from mpt_ref.errors import CheckpointError, InputError, OutputExistsError, shown
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.checkpoint import read_safetensors
+from mpt_ref.serve.model_check import ModelReport, check_whole_model
+from mpt_ref.serve.servable import check_servable
+from mpt_ref.serve.triton import write_triton_repository
 from onnx_export._spec import module_spec
 from onnx_export.exporter import strip_value_info
 from onnx_export.prepend import (
@@ -107,6 +110,11 @@ def base_signature(base: onnx.ModelProto, D: int) -> tuple[str, int]:
     if m_type not in MASK_DTYPES or len(m_dims) != 2:
         raise InputError(f"base graph: expected {ATTENTION_MASK} of shape (batch, sequence) and type int64, int32, float, "
                          f"float16 or bool, got {m_dims} {TensorProto.DataType.Name(m_type)}")
+    for what, dims in ((INPUTS_EMBEDS, e_dims), (ATTENTION_MASK, m_dims)):
+        if isinstance(dims[1], int) and dims[1] > 0:
+            raise InputError(f"base graph: expected {what} with a symbolic (dynamic) sequence axis, to take the "
+                             f"N prompt rows in front of the ids, got fixed shape {dims} (export the base model with "
+                             "dynamic_axes / dynamic_shapes for batch and sequence)")
     for d_in, d_other in ((e_dims[0], m_dims[0]), (e_dims[1], m_dims[1])):
         if isinstance(d_in, int) and d_in and isinstance(d_other, int) and d_other and d_in != d_other:
             raise InputError(f"base graph: expected {INPUTS_EMBEDS} and {ATTENTION_MASK} to share batch and sequence "
@@ -164,6 +172,13 @@ def load_onnx(path: str | os.PathLike, what: str = "base ONNX") -> onnx.ModelPro
     return load_model(path, what)
 
 
+def fixed_batch(base: onnx.ModelProto) -> int | None:
+    """The base graph's batch size when its export fixed it, None when the batch axis is symbolic."""
+    embeds = next(i for i in base.graph.input if i.name == INPUTS_EMBEDS)
+    first = _dims(embeds)[0]
+    return first if isinstance(first, int) and first > 0 else None
+
+
 def export_model(
     adapter: str | os.PathLike,
     base_onnx: str | os.PathLike,
@@ -173,14 +188,53 @@ def export_model(
     embedding_key: str | None = None,
     variant: str = "folded",
     overwrite: bool = False,
-) -> onnx.ModelProto:
-    """``mpt-ref export-model``: a PEFT adapter directory + base ONNX + base safetensors -> one model,
-    written atomically to ``output`` (an existing file only with overwrite=True)."""
+    triton: str | os.PathLike | None = None,
+    name: str = "prompt_model",
+    max_batch_size: int = 8,
+    triton_backend: str = "onnxruntime",
+) -> tuple[onnx.ModelProto, ModelReport]:
+    """``mpt-ref export-model``: a PEFT adapter directory + base ONNX + base safetensors -> one model, checked
+    on onnxruntime (mpt_ref/serve/model_check.py) and written to ``output`` (atomically) only when the check
+    passes; with ``triton``, also the Triton repository DIR/name, staged, checked again from the staged
+    file and swapped into place whole. Returns (model, report). Refused before any work or write: an
+    existing output without ``overwrite``, an adapter PEFT does not serve as a prompt in front of this base
+    (mpt_ref/serve/servable.py), a base graph that cannot take the prompt (fixed sequence axis)."""
     if output is not None and Path(output).exists() and not overwrite:  # refuse before any work
         raise OutputExistsError(f"{output}: expected a new file, got an existing one (pass overwrite=True / --force)")
+    if triton is not None:
+        root = Path(triton) / name
+        if root.is_dir() and any(root.iterdir()) and not overwrite:
+            raise OutputExistsError(f"{root}: expected a new Triton model directory, got an existing one "
+                                    "(pass overwrite=True / --force)")
     module = load_peft_adapter(adapter)
+    check_servable(module, adapter)
     _, w = read_word_embeddings(base_weights, embedding_key)
-    model = compose_model(module, load_onnx(base_onnx), w, variant=variant)
-    if output is not None:
-        atomic_write_bytes(output, model.SerializeToString(), overwrite=overwrite)
-    return model
+    base = load_onnx(base_onnx)
+    model = compose_model(module, base, w, variant=variant)
+    dtype, mask_elem = base_signature(base, module_spec(module).D)
+
+    def check(candidate: onnx.ModelProto) -> ModelReport:
+        return check_whole_model(candidate, base, module, w, variant=variant, dtype=dtype, mask_elem=mask_elem,
+                                 n_prompt=int(module.config.num_virtual_tokens), batch=fixed_batch(base))
+
+    report = check(onnx.load_from_string(model.SerializeToString()))
+    if not report.ok:
+        return model, report
+    existed = output is not None and Path(output).exists()
+
+    def write_output() -> None:
+        if output is not None:
+            atomic_write_bytes(output, model.SerializeToString(), overwrite=overwrite)
+
+    if triton is None:
+        write_output()
+        return model, report
+    try:  # the Triton set is staged and checked first; -o is written just before it is swapped in
+        report, _, _ = write_triton_repository(model, triton, name, max_batch_size=max_batch_size,
+                                               overwrite=overwrite, check=check, with_set=write_output,
+                                               backend=triton_backend)
+    except BaseException:
+        if output is not None and not existed:
+            Path(output).unlink(missing_ok=True)  # a new -o file without its repository: not a set
+        raise
+    return model, report
