@@ -78,13 +78,26 @@ def read_tensors(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> dict
     """Tensors of a ``.safetensors`` file, or of a PyTorch ``.bin``/``.pt``/``.pth`` zip checkpoint
     (read without torch and without executing anything)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return read_safetensors(path, max_bytes=max_bytes)[0]
-    if path.suffix in (".bin", ".pt", ".pth"):
-        from mpt_ref.io.torch_pickle import read_torch_checkpoint
+    _check_suffix(path)
+    return parse_tensors(read_regular_file(path, max_bytes, CheckpointError, "checkpoint file"), path,
+                         max_bytes=max_bytes)
 
-        return read_torch_checkpoint(path, max_bytes=max_bytes)
-    raise CheckpointError(f"{path}: expected a .safetensors or PyTorch .bin/.pt/.pth file, got suffix {path.suffix!r}")
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+        raise CheckpointError(f"{path}: expected a .safetensors or PyTorch .bin/.pt/.pth file, got suffix "
+                              f"{path.suffix!r}")
+
+
+def parse_tensors(data: bytes, path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:
+    """``read_tensors`` of bytes already read; ``path``'s suffix names the format."""
+    path = Path(path)
+    _check_suffix(path)
+    if path.suffix == ".safetensors":
+        return parse_safetensors(data, path=str(path))[0]
+    from mpt_ref.io.torch_pickle import parse_torch_checkpoint
+
+    return parse_torch_checkpoint(data, path=str(path), max_bytes=max_bytes)
 
 
 def check_finite(tensors: Mapping[str, np.ndarray], path: str) -> None:

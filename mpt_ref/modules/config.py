@@ -194,9 +194,15 @@ def _read_json(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists() and not path.is_symlink():
         raise ConfigError(f"config path: expected an {CONFIG_NAME} file, got missing path {path}")
     raw = read_regular_file(path, MAX_CONFIG_BYTES, ConfigError, CONFIG_NAME)  # no FIFO, device, huge file
-    try:
+    return _parse_json(raw, path)
+
+
+def _parse_json(raw: bytes, path: str | os.PathLike) -> dict[str, Any]:
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: expected at most {MAX_CONFIG_BYTES} bytes of config, got {len(raw)}")
+    try:  # ValueError: also an integer of more digits than Python converts (a 5001-digit token_dim)
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{path}: expected JSON, got unreadable text ({exc_text(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -330,3 +336,8 @@ def config_from_dict(data: dict[str, Any]) -> PromptLearningConfig:
 def load_config(path: str | os.PathLike) -> PromptLearningConfig:
     """Read any of the three configs from an ``adapter_config.json`` or its directory."""
     return config_from_dict(_read_json(path))
+
+
+def config_from_json(raw: bytes, path: str | os.PathLike = CONFIG_NAME) -> PromptLearningConfig:
+    """Any of the three configs from the bytes of an ``adapter_config.json`` (``path`` names it in errors)."""
+    return config_from_dict(_parse_json(raw, path))
