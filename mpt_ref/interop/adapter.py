@@ -33,6 +33,7 @@ from mpt_ref.modules.config import (
     MultitaskPromptTuningInit,
     PromptEncoderConfig,
     PromptTuningConfig,
+    check_state_shapes,
     config_from_json,
 )
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
@@ -119,6 +120,7 @@ def _load_full_encoder(directory: Path, config: PromptEncoderConfig, data: bytes
                               "full_encoder=True, got none; PEFT saves the prompt table only")
     tensors = parse_tensors(data, path)
     check_finite(tensors, str(path))
+    check_state_shapes(config, tensors, str(path))  # before the encoder (and its init) is allocated
     module = PromptEncoder(dataclasses.replace(config, inference_mode=False), dtype=dtype)
     module.load_state_dict(tensors, strict=True)
     return module
