@@ -134,6 +134,15 @@ def stamped(model: onnx.ModelProto, spec: ModuleSpec) -> tuple[str, str]:
         raise InputError(f"model: expected mpt_ref.variant metadata, one of {list(VARIANTS)}, got {shown(variant, 80)!r}")
     if dtype not in DTYPES:
         raise InputError(f"model: expected mpt_ref.dtype metadata, one of {list(DTYPES)}, got {shown(dtype, 80)!r}")
+    tokens = tokens_dim(spec, variant)
+    idx = next((v for v in model.graph.input if v.name == INPUT_INDICES), None)
+    dims = [] if idx is None else list(idx.type.tensor_type.shape.dim)
+    if len(dims) != 2:
+        raise InputError(f"model: expected an input {INPUT_INDICES!r} of rank 2, got "
+                         f"{'none' if idx is None else f'rank {len(dims)}'}")
+    if dims[1].HasField("dim_value") and dims[1].dim_value != tokens:
+        raise InputError(f"model: expected indices with {tokens} tokens (module T={spec.T}, variant {variant}), got "
+                         f"a fixed {dims[1].dim_value}")
     out = model.graph.output[0].type.tensor_type.elem_type if model.graph.output else None
     if out != onnx.helper.np_dtype_to_tensor_dtype(DTYPES[dtype]):
         raise InputError(f"model: expected a {dtype} output (its mpt_ref.dtype metadata), got ONNX element type "

@@ -36,6 +36,24 @@ seed_int = int_at_least(0)      # numpy's default_rng refuses negative seeds
 positive_int = int_at_least(1)  # batch sizes, threads, repeats
 
 
+def seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0 (--timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
+def add_timeout(p: argparse.ArgumentParser) -> None:
+    from onnx_export.runtimes import DEFAULT_TIMEOUT
+
+    p.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"stop a run of the model that takes longer, exit 2 (default {DEFAULT_TIMEOUT:g})")
+
+
 def refuse_existing(option: str, path: str | None, force: bool) -> None:
     """Refuse an output that exists (unless --force) before anything runs."""
     if path and path != STDOUT and Path(path).exists() and not force:

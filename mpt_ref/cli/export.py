@@ -24,6 +24,7 @@ from typing import Any
 
 from mpt_ref.cli._args import (
     add_json,
+    add_timeout,
     kind_arg,
     load_onnx_model,
     positive_int,
@@ -40,9 +41,10 @@ from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
 from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 from onnx_export.exporter import DTYPES, export
-from onnx_export.parity import check_parity
+from onnx_export._spec import module_spec
+from onnx_export.parity import check_batch, check_parity
 from onnx_export.reference import VARIANTS
-from onnx_export.runtimes import PROVIDERS
+from onnx_export.runtimes import PROVIDERS, check_provider
 
 
 def module_from_args(args: argparse.Namespace) -> Any:
@@ -72,10 +74,11 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_int, default=0, help="init seed, an integer >= 0 (default 0)")
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="batch size of the parity inputs (default 3)")
+    add_timeout(p)
 
 
 def _report(model: Any, module: Any, providers: list[str], args: argparse.Namespace) -> int:
-    report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed)
+    report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed, timeout=args.timeout)
     print(report.format(), file=report_stream(args))
     write_json(getattr(args, "json", None), {"verdict": "PASS" if report.ok else "FAIL", "report": report},
                getattr(args, "force", False))
@@ -84,9 +87,12 @@ def _report(model: Any, module: Any, providers: list[str], args: argparse.Namesp
 
 def _export(args: argparse.Namespace) -> int:
     providers = provider_list(args.providers)  # refuse a bad list, or an existing output, before any work or write
+    for provider in providers:
+        check_provider(provider)  # an unavailable one too (cuda without onnxruntime-gpu)
     if args.format == "onnx":  # the serving formats write into directories and check their own files
         refuse_existing("--output", args.output, args.force)
     module = module_from_args(args)
+    check_batch(args.batch, module_spec(module), "--batch")  # before the file is written
     if args.format != "onnx":  # the serving formats: mpt_ref/serve, spec/serving.md
         return export_serving(module, args, report=lambda model, mod, a: _report(model, mod, providers, a))
     model = export(module, args.output, variant=args.variant, dtype=args.dtype, overwrite=args.force)

@@ -7,6 +7,7 @@ import sys
 
 from mpt_ref.cli._args import (
     STDOUT,
+    add_timeout,
     kind_arg,
     load_onnx_model,
     positive_int,
@@ -36,7 +37,8 @@ def _verify(args: argparse.Namespace) -> int:
         load_onnx_model("--onnx", args.onnx)  # a missing or non-ONNX file: exit 2 naming the option
         from onnx_export.foreign import verify_onnx
 
-        result = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
+        result = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch,
+                             timeout=args.timeout)
         print(result.format(), file=out)
         report.write_reports(result.comparisons, result.verdict_line(), json_path=args.json,
                              junit_path=args.junit_xml, suite=f"mpt-ref verify --onnx {args.onnx}",
@@ -84,4 +86,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                                         "model's initializers named by PEFT keys)")
     p.add_argument("--providers", default="cpu", help="with --onnx: comma-separated providers (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="with --onnx: batch size when the batch is dynamic")
+    add_timeout(p)
     p.set_defaults(func=_verify)
