@@ -363,3 +363,68 @@ def test_records_torch_parses_are_checked(tmp_path, member, data, match):
     archive = torch_zip(pickle_of_tensor_dict(), **record)
     with pytest.raises(mpt_ref.CheckpointError, match=match):
         read_torch_checkpoint(write(tmp_path, archive))
+
+
+def many_tensors(count: int, name: str = "t{}") -> bytes:
+    """A safetensors file of a (3, 4) ``prompt_embeddings`` and ``count`` empty tensors (~60 bytes each)."""
+    import json
+
+    header = {"prompt_embeddings": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}
+    header.update({name.format(i): {"dtype": "F32", "shape": [0], "data_offsets": [48, 48]} for i in range(count)})
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + bytes(48)
+
+
+PEAK_RSS = """
+import resource, sys, warnings
+warnings.simplefilter("ignore")
+import mpt_ref
+from mpt_ref.cli import main
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[1] == "adapter":
+    try:
+        mpt_ref.load_peft_adapter(sys.argv[2])
+        print("loaded")
+    except mpt_ref.CheckpointError as exc:
+        print("refused:", exc)
+else:
+    print("exit", main(["verify", "--candidate", sys.argv[2], "--forward-only"]))
+print("grew_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("reader", ["adapter", "candidate"])
+def test_a_file_of_many_empty_tensors_is_refused_from_its_header(tmp_path, reader):
+    """Issue 24: 10**6 empty tensors (60 MB) peaked at 2.4 GB in load_peft_adapter and verify --candidate.
+    The count is checked from the header's bytes before the library builds one object per tensor."""
+    import subprocess
+    import sys
+
+    from mpt_ref.conformance.location import default_vectors_dir
+    from mpt_ref.conformance.verify import selected_cases
+    from mpt_ref.io.checkpoint import MAX_TENSORS
+
+    data = many_tensors(4 * MAX_TENSORS)  # 16 MB
+    if reader == "adapter":
+        target = tmp_path / "adapter"
+        target.mkdir()
+        (target / "adapter_model.safetensors").write_bytes(data)
+        mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=4).save_pretrained(target)
+    else:
+        target = tmp_path / "candidate"
+        for name in selected_cases(default_vectors_dir()):
+            (target / name).mkdir(parents=True)
+            (target / name / "output.safetensors").write_bytes(data)
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, reader, str(target)], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ("refused:" in out.stdout and "tensors" in out.stdout) if reader == "adapter" else "exit 2" in out.stdout
+    grew = int(out.stdout.split("grew_mb")[1])
+    assert grew < 200, out.stdout  # before: about 600 MB for this file
+
+
+def test_braces_inside_tensor_names_do_not_count_as_tensors():
+    names = "{" * 40 + "name{}" + "}" * 40
+    tensors = parse_safetensors(many_tensors(2000, names))[0]  # 164,000 braces, all inside strings
+    assert len(tensors) == 2001

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32, exc_text, read_regular_file
 
 MAX_HEADER_BYTES = 100 << 20   # safetensors' own header limit: 100 MB
+MAX_TENSORS = 1 << 16          # tensors in one file: a whole model has thousands, an adapter one to three
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 # safetensors dtype names -> NumPy dtypes (little-endian). BF16 is widened to float32 exactly.
 SAFETENSORS_DTYPES = {
@@ -43,6 +46,7 @@ def parse_safetensors(data: bytes, *, path: str = "<bytes>") -> tuple[dict[str, 
 
     if not isinstance(data, bytes):
         data = bytes(data)
+    _count_tensors(data, path)
     try:
         flat = deserialize(data)  # validates header length, JSON, dtypes, shapes, offsets, coverage
     except SafetensorError as exc:
@@ -66,6 +70,25 @@ def parse_safetensors(data: bytes, *, path: str = "<bytes>") -> tuple[dict[str, 
         arr = np.frombuffer(info["data"], dtype=np_dtype).reshape(info["shape"])
         out[key] = bf16_to_float32(arr) if dtype == "BF16" else arr.astype(np_dtype.newbyteorder("="), copy=False)  # the library's own writable copy
     return out, dict(metadata)
+
+
+def _count_tensors(data: bytes, path: str) -> None:
+    """Refuse more than MAX_TENSORS tensors from the header's bytes, before the library builds one
+    object per tensor (10**6 empty tensors in a 60 MB file took 2.4 GB). Every tensor needs its own JSON
+    object, and a brace outside a string cannot be escaped, so the braces outside strings bound the count."""
+    if len(data) < 8:
+        return  # the library reports it
+    n = min(int.from_bytes(data[:8], "little"), MAX_HEADER_BYTES, len(data) - 8)
+    header = data[8 : 8 + n]
+    if header.count(b"{") <= MAX_TENSORS + 2:
+        return  # fast path: not even that many braces
+    braces, pos = 0, 0
+    for string in _JSON_STRING.finditer(header):  # constant memory (re.sub of 10**6 strings took 1 GB)
+        braces += header.count(b"{", pos, string.start())
+        pos = string.end()
+    objects = braces + header.count(b"{", pos) - 1  # less the header object itself
+    if objects > MAX_TENSORS + 1:  # one more: the __metadata__ object
+        raise _fail(path, f"a header of about {objects} tensors (expected at most {MAX_TENSORS} in one file)")
 
 
 def read_safetensors(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
