@@ -428,3 +428,86 @@ def test_braces_inside_tensor_names_do_not_count_as_tensors():
     names = "{" * 40 + "name{}" + "}" * 40
     tensors = parse_safetensors(many_tensors(2000, names))[0]  # 164,000 braces, all inside strings
     assert len(tensors) == 2001
+
+
+# -- vectors folders (--vectors): index.json paths confined, case sizes checked before the reference runs --
+
+def vectors_copy(tmp: Path) -> tuple[Path, dict]:
+    import json
+
+    from mpt_ref.conformance import vectors as vec
+    from mpt_ref.conformance.cases import CASES
+
+    out = vec.write_vectors(tmp / "v", CASES[:1])
+    return out, json.loads((out / "index.json").read_text())
+
+
+def rewrite_index(folder: Path, index: dict) -> None:
+    import json
+
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def verify_vectors(capsys, folder: Path, candidate: Path) -> str:
+    from mpt_ref.cli import main
+
+    candidate.mkdir(exist_ok=True)
+    (candidate / "pt_basic").mkdir(exist_ok=True)
+    rc = main(["verify", "--candidate", str(candidate), "--vectors", str(folder), "--forward-only"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err, (rc, err)
+    return err
+
+
+@pytest.mark.parametrize("where", ["case path", "file name", "case name"])
+def test_vectors_index_paths_stay_inside_the_folder(tmp_path, capsys, where):
+    """Issue 24: a --vectors index.json path opened a file outside the vectors folder."""
+    import shutil
+
+    folder, index = vectors_copy(tmp_path)
+    outside = tmp_path / "outside"
+    shutil.copytree(folder / "pt_basic", outside)  # same bytes, same sha256: only confinement refuses it
+    entry = index["cases"]["pt_basic"]
+    if where == "case path":
+        entry["path"] = "../outside"
+    elif where == "file name":
+        entry["files"] = {("../../outside/" + k if k == "case.json" else k): v for k, v in entry["files"].items()}
+    else:
+        index["cases"] = {"../outside": entry}
+    rewrite_index(folder, index)
+    assert "inside" in verify_vectors(capsys, folder, tmp_path / "cand")
+
+
+@pytest.mark.parametrize("entry", [[], {"path": "pt_basic"}, {"path": "pt_basic", "files": []},
+                                   {"path": "pt_basic", "files": {"case.json": 3}}, {"path": 7, "files": {}}])
+def test_malformed_vectors_index_entries_exit_2(tmp_path, capsys, entry):
+    """Issue 24: a malformed --vectors index.json raised AttributeError/KeyError (exit 3)."""
+    folder, index = vectors_copy(tmp_path)
+    index["cases"]["pt_basic"] = entry
+    rewrite_index(folder, index)
+    verify_vectors(capsys, folder, tmp_path / "cand")
+
+
+def test_a_vectors_case_of_huge_indices_is_refused_before_the_reference_allocates(tmp_path, capsys):
+    """Issue 24: 8 MB of indices in a hostile case made the reference allocate 30.5 GiB."""
+    import hashlib
+    import tracemalloc
+
+    from safetensors.numpy import load, save
+
+    folder, index = vectors_copy(tmp_path)
+    case = folder / "pt_basic"
+    params = load((case / "params.safetensors").read_bytes())
+    params["embedding.weight"] = np.zeros((4, 4096), np.float64)
+    inputs = load((case / "inputs.safetensors").read_bytes())
+    inputs["indices"] = np.zeros((1000, 1000), np.int64)  # 8 MB; the output would be 1000 x 1000 x 4096
+    for name, tensors in (("params", params), ("inputs", inputs)):
+        data = save(tensors)
+        (case / f"{name}.safetensors").write_bytes(data)
+        index["cases"]["pt_basic"]["files"][f"{name}.safetensors"] = hashlib.sha256(data).hexdigest()
+    rewrite_index(folder, index)
+    tracemalloc.start()
+    err = verify_vectors(capsys, folder, tmp_path / "cand")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "output elements" in err and peak < 256 << 20
