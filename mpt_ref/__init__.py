@@ -18,6 +18,8 @@ from mpt_ref.errors import (
     InputTypeError,
     MptRefError,
     OutputExistsError,
+    RunTimeout,
+    WriteError,
 )
 from mpt_ref.interop.adapter import load_peft_adapter, save_pretrained
 from mpt_ref.modules.config import (
@@ -67,7 +69,9 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "RunTimeout",
     "TaskType",
+    "WriteError",
     "config_from_dict",
     "load_peft_adapter",
     "save_pretrained",

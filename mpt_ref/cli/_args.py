@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -55,9 +56,29 @@ def add_timeout(p: argparse.ArgumentParser) -> None:
 
 
 def refuse_existing(option: str, path: str | None, force: bool) -> None:
-    """Refuse an output that exists (unless --force) before anything runs."""
+    """Refuse an output that exists (unless --force), or that no --force may replace (a folder, a FIFO, a
+    device, a symlink to one), before anything runs."""
     if path and path != STDOUT and Path(path).exists() and not force:
         raise OutputExistsError(f"{option}: expected a new file, got an existing one: {path} (use --force)")
+    if path and path != STDOUT:
+        from mpt_ref.io.atomic import check_output_file
+
+        try:
+            check_output_file(path)
+        except OutputExistsError as exc:
+            raise OutputExistsError(f"{option}: {exc}") from None
+
+
+def refuse_same_outputs(*options: tuple[str, str | None]) -> None:
+    """Two report options naming one file: one report would silently replace the other."""
+    seen: dict[str, str] = {}
+    for option, path in options:
+        if not path or path == STDOUT:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            raise InputError(f"{option}: expected another file than {seen[key]}'s, got the same one: {path}")
+        seen[key] = option
 
 
 def add_json(p: argparse.ArgumentParser, what: str) -> None:

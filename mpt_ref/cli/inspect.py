@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mpt_ref.errors import CheckpointError
+from mpt_ref.io.adapter_files import ADAPTER_NAMES
 from mpt_ref.io.checkpoint import read_tensors
 from mpt_ref.io.limits import MAX_BYTES, read_regular_file
 from mpt_ref.modules.config import CONFIG_NAME, load_config
@@ -30,7 +31,9 @@ def describe(path: str | Path) -> str:
     if not path.exists():
         raise CheckpointError(f"PATH: expected an adapter directory or a checkpoint file, got missing {path}")
     lines = []
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    # adapter and tensor files that are not regular (a FIFO, a dangling link) are read, so refused by name
+    files = sorted(p for p in path.iterdir() if p.is_file() or p.name in ADAPTER_NAMES or p.suffix in TENSOR_SUFFIXES
+                   ) if path.is_dir() else [path]
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         config = load_config(path)
         lines += [f"config ({type(config).__name__}):", json.dumps(config.to_dict(), indent=2, sort_keys=True)]

@@ -13,6 +13,7 @@ from mpt_ref.cli._args import (
     positive_int,
     provider_list,
     refuse_existing,
+    refuse_same_outputs,
     report_stream,
 )
 from mpt_ref.conformance import report
@@ -31,6 +32,7 @@ def _vectors(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     refuse_existing("--json", args.json, args.force)  # before any work
     refuse_existing("--junit-xml", args.junit_xml, args.force)
+    refuse_same_outputs(("--json", args.json), ("--junit-xml", args.junit_xml))
     out = report_stream(args)
     if args.onnx:
         providers = provider_list(args.providers)

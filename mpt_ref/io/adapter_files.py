@@ -104,7 +104,7 @@ def write_adapter_files(directory: str | os.PathLike, files: Mapping[str, bytes]
     directory = Path(directory)
 
     def refuse_existing(path: Path) -> None:
-        existing = sorted(name for name in ADAPTER_NAMES if (path / name).exists() or (path / name).is_symlink())
+        existing = sorted(name for name in ADAPTER_NAMES if os.path.lexists(path / name))
         if existing and not overwrite:
             raise OutputExistsError(f"{directory}: expected no adapter files, got existing {existing} (pass "
                                     "overwrite=True)")

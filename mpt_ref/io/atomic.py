@@ -101,6 +101,29 @@ def _write_synced(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def _through_link(path: Path) -> Path:
+    """A symlink is kept, never replaced: the file it points to is written, and that must be a regular
+    file (``/dev/stdout`` -> a pipe or terminal is refused, not turned into a file)."""
+    if not path.is_symlink():
+        return path
+    try:
+        st = path.stat()
+    except OSError:
+        raise OutputExistsError(f"{path}: expected a regular file to write, got a symlink to nothing (not "
+                                "replaced)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputExistsError(f"{path}: expected a regular file to write, got a symlink to "
+                                f"{'a directory' if stat.S_ISDIR(st.st_mode) else 'a device, FIFO or socket'} "
+                                "(not replaced; '-' writes to stdout)")
+    return Path(os.path.realpath(path))
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """What ``atomic_write_bytes(path, overwrite=True)`` would refuse about the path itself, checked before
+    any work: a directory, device, FIFO or socket (or a symlink to one), a path under an existing file."""
+    _check_target(_through_link(Path(path)))
+
+
 def _check_target(path: Path) -> None:
     """An output path must be a regular file (or new), under directories (or new ones): never a device,
     FIFO or directory replaced by a rename, never a path under an existing file."""
@@ -148,6 +171,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool 
 def _write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path}: expected a new file, got an existing one (pass overwrite=True / --force)")
+    path = _through_link(path)
     _check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path.parent, path.name)
