@@ -171,21 +171,28 @@ def stamped(config: dict) -> onnx.ModelProto:
 
 
 class Opened:
-    """Every path Python opens (the audit hook sees os.open, open, io.open)."""
+    """Every path Python opens while recording (the audit hook sees os.open, open, io.open). Audit hooks
+    cannot be removed: the one hook stays installed and records only between start() and stop()."""
 
     paths: list[str] = []
-    installed = False
+    installed = recording = False
 
     @classmethod
-    def install(cls) -> None:
+    def start(cls) -> None:
         if not cls.installed:
             def hook(event: str, args: tuple) -> None:
-                if event == "open" and args and isinstance(args[0], (str, bytes, Path)):
+                if cls.recording and event == "open" and args and isinstance(args[0], (str, bytes, Path)):
                     cls.paths.append(str(args[0]))
 
             sys.addaudithook(hook)
             cls.installed = True
         cls.paths.clear()
+        cls.recording = True
+
+    @classmethod
+    def stop(cls) -> list[str]:
+        cls.recording = False
+        return list(cls.paths)
 
 
 @pytest.mark.parametrize("field", ["prompt_tuning_init_state_dict_path", "tokenizer_name_or_path"])
@@ -203,9 +210,11 @@ def test_a_path_in_the_metadata_is_never_opened(tmp_path, capsys, field):
         **{**MPT.to_dict(), "num_tasks": 1}), seed=0)
     model = set_meta(onnx_export.export(module), "config", json.dumps(config))
     path = save(model, tmp_path / "m.onnx")
-    Opened.install()
-    rc, out, err = cli(capsys, "verify", "--onnx", path)
-    opened = [p for p in Opened.paths if str(secret) in p]
+    Opened.start()
+    try:
+        rc, out, err = cli(capsys, "verify", "--onnx", path)
+    finally:
+        opened = [p for p in Opened.stop() if str(secret) in p]
     assert rc == 0 and "SECRET_TENSOR" not in out + err and not opened, (rc, err, opened)
 
 
