@@ -405,7 +405,7 @@ def test_a_file_of_many_empty_tensors_is_refused_from_its_header(tmp_path, reade
     from mpt_ref.conformance.verify import selected_cases
     from mpt_ref.io.checkpoint import MAX_TENSORS
 
-    data = many_tensors(4 * MAX_TENSORS)  # 16 MB
+    data = many_tensors(2 * MAX_TENSORS)  # 8 MB
     if reader == "adapter":
         target = tmp_path / "adapter"
         target.mkdir()
@@ -413,15 +413,15 @@ def test_a_file_of_many_empty_tensors_is_refused_from_its_header(tmp_path, reade
         mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=4).save_pretrained(target)
     else:
         target = tmp_path / "candidate"
-        for name in selected_cases(default_vectors_dir()):
-            (target / name).mkdir(parents=True)
-            (target / name / "output.safetensors").write_bytes(data)
+        first = selected_cases(default_vectors_dir())[0]  # the first case judged: its file ends the run
+        (target / first).mkdir(parents=True)
+        (target / first / "output.safetensors").write_bytes(data)
     out = subprocess.run([sys.executable, "-c", PEAK_RSS, reader, str(target)], capture_output=True, text=True,
                          timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr[-2000:]
     assert ("refused:" in out.stdout and "tensors" in out.stdout) if reader == "adapter" else "exit 2" in out.stdout
     grew = int(out.stdout.split("grew_mb")[1])
-    assert grew < 200, out.stdout  # before: about 600 MB for this file
+    assert grew < 150, out.stdout  # before: about 300 MB for this file
 
 
 def test_braces_inside_tensor_names_do_not_count_as_tensors():
