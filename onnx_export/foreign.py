@@ -7,7 +7,10 @@ PEFT keys, or a PEFT adapter file) or else from the model's initializers whose n
 Without a checkpoint the reference takes its weights from the model itself, so a weight-conversion bug
 (rows of two tasks swapped, a transposed matrix) cannot be seen: the report's verdict line says so.
 The config comes from ``config_path`` or else from the model's ``mpt_ref.config`` metadata (stamped by
-onnx_export). Inputs are generated in range only: foreign graphs have no id policy to check. A model
+onnx_export), read as untrusted text: the caps of any adapter_config.json, and never an init that opens
+a file it names. The model itself is checked before it runs (runtimes.check_runnable), its weights'
+shapes against the config before the reference module is built, and its declared batch against the
+caps before any input is made; every run is stopped after ``timeout`` seconds. Inputs are generated in range only: foreign graphs have no id policy to check. A model
 exported by mpt-ref itself is judged by its stamped variant (a folded MPT/LSTM graph answers PEFT's rows
 only). Judged with the error model of spec/tolerances.md through parity.run_cases, the same provider
 loop as ``check_parity``. ``mpt-ref verify --onnx`` is the command.

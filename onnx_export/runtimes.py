@@ -119,7 +119,9 @@ def check_runnable(model: onnx.ModelProto) -> onnx.ModelProto:
 class Runner:
     """One loaded session (onnxruntime) or evaluator; ``run(feeds)`` -> the single output. A run longer
     than ``timeout`` seconds is stopped (onnxruntime's RunOptions.terminate, set from a timer thread) and
-    raises RunTimeout; ``timeout=None`` never stops it."""
+    raises RunTimeout; ``timeout=None`` never stops it. The onnx-reference evaluator cannot be stopped: its
+    run is left to finish in a daemon thread (a command exits; a long-lived caller keeps that thread busy).
+    The model is checked first (check_runnable), and a model the runtime refuses is an InputError."""
 
     def __init__(self, model: onnx.ModelProto | str | os.PathLike, provider: str = "cpu", *,
                  timeout: float | None = DEFAULT_TIMEOUT) -> None:
@@ -127,7 +129,7 @@ class Runner:
         self.timeout = check_timeout(timeout)
         if not isinstance(model, onnx.ModelProto):
             model = load_model(model)
-        data = check_runnable(model).SerializeToString()
+        check_runnable(model)
         if provider == REFERENCE_EVALUATOR:
             from onnx.reference import ReferenceEvaluator
 
@@ -149,7 +151,7 @@ class Runner:
         if ep != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # ops the EP lacks fall back, as in deployment
         try:
-            self._sess = ort.InferenceSession(data, options, providers=providers)
+            self._sess = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime refusing a checked model: the model's fault
             raise InputError(f"model: expected a model onnxruntime loads, got {type(exc).__name__}: "
                              f"{shown(exc)}") from None
