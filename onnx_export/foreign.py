@@ -10,9 +10,9 @@ The config comes from ``config_path`` or else from the model's ``mpt_ref.config`
 onnx_export), read as untrusted text: the caps of any adapter_config.json, and never an init that opens
 a file it names. The model itself is checked before it runs (runtimes.check_runnable), its weights'
 shapes against the config before the reference module is built, and its declared batch against the
-caps before any input is made; every run is stopped after ``timeout`` seconds. Inputs are generated in range only: foreign graphs have no id policy to check. A model
-exported by mpt-ref itself is judged by its stamped variant (a folded MPT/LSTM graph answers PEFT's rows
-only). Judged with the error model of spec/tolerances.md through parity.run_cases, the same provider
+caps before any input is made; every run is stopped after ``timeout`` seconds. Inputs are generated in
+range only: foreign graphs have no id policy to check. A model exported by mpt-ref itself is judged by
+its stamped variant (a folded MPT/LSTM graph answers PEFT's rows only). Judged with the error model of spec/tolerances.md through parity.run_cases, the same provider
 loop as ``check_parity``. ``mpt-ref verify --onnx`` is the command.
 """
 
