@@ -410,3 +410,17 @@ def test_inspect_names_a_weights_file_it_cannot_read(tmp_path, capsys, kind):
     os.mkfifo(weights) if kind == "fifo" else weights.symlink_to(tmp_path / "nowhere")
     rc, err = cli(capsys, "inspect", str(d))
     assert rc == 2 and "adapter_model.safetensors" in err
+
+
+def test_inspect_names_a_refused_pickle_checkpoint(tmp_path, capsys):
+    """Before: a .bin refused inside its pickle (a forbidden global) was reported without the file's name."""
+    import io as _io
+    import zipfile
+
+    buf = _io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00idq\x85R.")
+        zf.writestr("archive/version", b"3\n")
+    (tmp_path / "adapter_model.bin").write_bytes(buf.getvalue())
+    rc, err = cli(capsys, "inspect", str(tmp_path / "adapter_model.bin"))
+    assert rc == 2 and "adapter_model.bin: pickle: expected only tensor-rebuilding globals" in err, err
