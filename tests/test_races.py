@@ -179,3 +179,43 @@ def test_simultaneous_first_saves_from_threads(tmp_path):
         t.join()
     assert "saved" in outcomes and set(outcomes) <= {"saved", "refused"}, outcomes
     assert count_mixed(directory, 1) == (0, 0)
+
+
+def racing_reader(monkeypatch, directory: Path, then: mpt_ref.PromptEmbedding) -> None:
+    """Make the first file read of the next load save ``then`` into ``directory`` right after it."""
+    from mpt_ref.io import adapter_files
+
+    real, saved = adapter_files.read_regular_file, []
+
+    def read_then_save(*args, **kwargs):
+        data = real(*args, **kwargs)
+        if not saved:
+            saved.append(True)
+            then.save_pretrained(directory, overwrite=True)
+        return data
+
+    monkeypatch.setattr(adapter_files, "read_regular_file", read_then_save)
+
+
+def test_a_save_between_the_config_and_the_weights_is_read_again_whole(tmp_path, monkeypatch):
+    """The save deletes the set the load holds open: the load starts again on the new set."""
+    directory = tmp_path / "adapter"
+    generation(1).save_pretrained(directory)
+    racing_reader(monkeypatch, directory, generation(2))
+    assert count_mixed(directory, 1) == (0, 0)
+    assert mpt_ref.load_peft_adapter(directory).config.base_model_name_or_path == "generation-2"
+
+
+def test_a_set_swapped_out_but_not_yet_deleted_is_read_whole(tmp_path, monkeypatch):
+    """The save has swapped the directory but not yet removed the old set: the load finishes on the old set."""
+    from mpt_ref.io import atomic
+
+    directory = tmp_path / "adapter"
+    generation(1).save_pretrained(directory)
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda *args, **kwargs: None)  # the old set stays a while
+    racing_reader(monkeypatch, directory, generation(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = mpt_ref.load_peft_adapter(directory)
+    assert module.config.base_model_name_or_path == "generation-1"
+    assert (module.state_dict()["embedding.weight"] == 1.0).all()
