@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mpt_ref.errors import InputError, OutputExistsError
-from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.io.atomic import atomic_write_bytes, check_output_file
 
 STDOUT = "-"
 
@@ -61,8 +61,6 @@ def refuse_existing(option: str, path: str | None, force: bool) -> None:
     if path and path != STDOUT and Path(path).exists() and not force:
         raise OutputExistsError(f"{option}: expected a new file, got an existing one: {path} (use --force)")
     if path and path != STDOUT:
-        from mpt_ref.io.atomic import check_output_file
-
         try:
             check_output_file(path)
         except OutputExistsError as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mpt_ref import _checks
-from mpt_ref.errors import CheckpointError, ConfigError
+from mpt_ref.errors import CheckpointError, ConfigError, shown
 from mpt_ref.io.adapter_files import CONFIG_NAME
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.limits import MAX_CONFIG_BYTES, exc_text, read_regular_file
@@ -103,7 +103,7 @@ def _check_text(name: str, value: Any, depth: int = 0) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ConfigError(f"{name}: expected valid Unicode text, got a lone surrogate in "
-                              f"{value.encode('utf-8', 'backslashreplace').decode()[:80]!r}") from None
+                              f"{shown(value.encode('utf-8', 'backslashreplace').decode(), 80)!r}") from None
     elif isinstance(value, (list, tuple)) and depth < 8:
         for v in value:
             _check_text(name, v, depth + 1)
