@@ -511,3 +511,22 @@ def test_a_vectors_case_of_huge_indices_is_refused_before_the_reference_allocate
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert "output elements" in err and peak < 256 << 20
+
+
+@pytest.mark.parametrize("header, braces", [
+    (b'{"a{": {"b": "x\\"{"}, "c": "\\\\"} {', 3),   # escaped quotes and backslashes inside strings
+    (b'{"k\\"{": 1}', 1),
+    (b'{"a": "\\"\\"' + b"{" * 5, 6),                # an unterminated string: its braces counted (a bound)
+])
+def test_braces_outside_json_strings_are_counted_exactly(header, braces):
+    from mpt_ref.io.checkpoint import _braces_outside_strings
+
+    assert _braces_outside_strings(header) == braces
+
+
+def test_counting_tensors_is_linear_on_an_unterminated_string_of_escaped_quotes():
+    """A regex restarting at every quote of such a string would take quadratic time (hours at 4 MB)."""
+    from mpt_ref.io.checkpoint import _braces_outside_strings
+
+    header = b"{" * 70_000 + b'"' + b'\\"' * 2_000_000
+    assert _braces_outside_strings(header) == 70_000

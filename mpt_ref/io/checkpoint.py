@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32, exc_text, read_regular
 
 MAX_HEADER_BYTES = 100 << 20   # safetensors' own header limit: 100 MB
 MAX_TENSORS = 1 << 16          # tensors in one file: a whole model has thousands, an adapter one to three
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 # safetensors dtype names -> NumPy dtypes (little-endian). BF16 is widened to float32 exactly.
 SAFETENSORS_DTYPES = {
@@ -82,13 +80,33 @@ def _count_tensors(data: bytes, path: str) -> None:
     header = data[8 : 8 + n]
     if header.count(b"{") <= MAX_TENSORS + 2:
         return  # fast path: not even that many braces
-    braces, pos = 0, 0
-    for string in _JSON_STRING.finditer(header):  # constant memory (re.sub of 10**6 strings took 1 GB)
-        braces += header.count(b"{", pos, string.start())
-        pos = string.end()
-    objects = braces + header.count(b"{", pos) - 1  # less the header object itself
+    objects = _braces_outside_strings(header) - 1  # less the header object itself
     if objects > MAX_TENSORS + 1:  # one more: the __metadata__ object
         raise _fail(path, f"a header of about {objects} tensors (expected at most {MAX_TENSORS} in one file)")
+
+
+def _braces_outside_strings(text: bytes) -> int:
+    """``{`` outside JSON strings, in one pass and constant memory (a regex restarting at every quote of an
+    unterminated string would take quadratic time; re.sub of 10**6 strings took 1 GB). The rest of an
+    unterminated string (invalid JSON, refused by the library) is counted as if outside: an upper bound."""
+    braces, pos = 0, 0
+    while True:
+        start = text.find(b'"', pos)
+        if start < 0:
+            return braces + text.count(b"{", pos)
+        braces += text.count(b"{", pos, start)
+        end = start + 1
+        while True:  # the closing quote: one preceded by an even number of backslashes
+            end = text.find(b'"', end)
+            if end < 0:
+                return braces + text.count(b"{", start)
+            slashes = end - 1
+            while text[slashes] == 0x5C:  # 0x5C: backslash; text[start] is a quote, so this stops
+                slashes -= 1
+            if (end - 1 - slashes) % 2 == 0:
+                break
+            end += 1
+        pos = end + 1
 
 
 def read_safetensors(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
