@@ -530,3 +530,13 @@ def test_counting_tensors_is_linear_on_an_unterminated_string_of_escaped_quotes(
 
     header = b"{" * 70_000 + b'"' + b'\\"' * 2_000_000
     assert _braces_outside_strings(header) == 70_000
+
+
+def test_a_vectors_index_of_too_many_cases_is_refused(tmp_path, capsys):
+    from mpt_ref.conformance.vectors import MAX_CASES
+
+    folder, index = vectors_copy(tmp_path)
+    entry = index["cases"]["pt_basic"]
+    index["cases"] = {f"c{i}": entry for i in range(MAX_CASES + 1)}  # all pointing at one valid case
+    rewrite_index(folder, index)
+    assert f"at most {MAX_CASES} cases" in verify_vectors(capsys, folder, tmp_path / "cand")

@@ -212,9 +212,14 @@ def read_index(vectors_dir: str | Path) -> dict:
     if index.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected format {FORMAT!r}, got {shown(index.get('format'))!r}; "
                               "regenerate with `mpt-ref vectors DIR --force`")
+    if len(index["cases"]) > MAX_CASES:
+        raise CheckpointError(f"{path}: expected at most {MAX_CASES} cases, got {len(index['cases'])}")
     for name, entry in index["cases"].items():
         _check_entry(path, name, entry)
     return index
+
+
+MAX_CASES = 1024  # cases in one vectors folder (the golden set has a few dozen); each is judged in turn
 
 
 def _inside(rel: object, many: bool) -> bool:
