@@ -1,7 +1,12 @@
-"""The files of a PEFT adapter directory, as bytes: which weights file to read, and writing the set.
+"""The files of a PEFT adapter directory, as bytes: reading one whole save, and writing the set.
 
 Knows no module class: the classes (modules/) hand over ``{file name: bytes}``; interop/adapter.py turns
 a directory back into a module.
+
+A save replaces the whole directory in one step (io/atomic.py), so a reader that opens the directory once
+and reads every file relative to that handle reads one save's files, never one save's config beside
+another save's weights. If the save it holds is swapped out and deleted while it reads (a file vanishes),
+it reads again from the directory now at the path.
 """
 
 from __future__ import annotations
