@@ -424,3 +424,12 @@ def test_inspect_names_a_refused_pickle_checkpoint(tmp_path, capsys):
     (tmp_path / "adapter_model.bin").write_bytes(buf.getvalue())
     rc, err = cli(capsys, "inspect", str(tmp_path / "adapter_model.bin"))
     assert rc == 2 and "adapter_model.bin: pickle: expected only tensor-rebuilding globals" in err, err
+
+
+def test_a_p_tuning_adapter_of_a_large_model_loads_as_its_table():
+    """The whole-module cap counts what is allocated: an LSTM encoder of a 70B-size model (2 x 10**9
+    elements) is over it, its saved inference-mode config (the prompt table only) is not."""
+    big = dict(num_virtual_tokens=20, token_dim=8192, encoder_reparameterization_type="LSTM")
+    mpt_ref.PromptEncoderConfig(inference_mode=True, **big)
+    with pytest.raises(mpt_ref.ConfigError, match="parameter elements in all"):
+        mpt_ref.PromptEncoderConfig(inference_mode=False, **big)

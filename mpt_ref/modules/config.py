@@ -209,7 +209,7 @@ class PromptLearningConfig:
 
 
 MAX_PARAMETER_ELEMENTS = 1 << 31  # 8 GiB of float32 in one parameter: far beyond any prompt, before any allocation
-MAX_MODEL_ELEMENTS = 1 << 30      # all parameters together (the full encoder for P-tuning): 4 GiB of float32
+MAX_MODEL_ELEMENTS = 1 << 30      # all parameters of one module together: 4 GiB of float32
 
 
 def _cap(what: str, *factors: int) -> None:
@@ -258,10 +258,12 @@ def parameter_shapes(config: PromptLearningConfig, *, full_encoder: bool | None 
 
 
 def _cap_model(config: PromptLearningConfig) -> None:
-    """Refuse a model of more than MAX_MODEL_ELEMENTS elements in all (the full P-tuning encoder counted)."""
+    """Refuse a module of more than MAX_MODEL_ELEMENTS elements in all: the parameters it would allocate
+    (a P-tuning config in inference mode holds the prompt table only, as PEFT's saved configs say; the
+    same config built with its encoder is capped again then)."""
     if config.num_virtual_tokens is None or config.token_dim is None:
         return
-    total = sum(_numel(s) for s in parameter_shapes(config, full_encoder=True).values())
+    total = sum(_numel(s) for s in parameter_shapes(config).values())
     if total > MAX_MODEL_ELEMENTS:
         raise ConfigError(f"config: expected at most {MAX_MODEL_ELEMENTS} parameter elements in all, got {total} "
                           f"(num_virtual_tokens={config.num_virtual_tokens}, token_dim={config.token_dim})")
