@@ -331,3 +331,65 @@ def test_export_batch_10_12_is_refused_before_writing(tmp_path, capsys):
     """Before: MemoryError (exit 3) after writing the model."""
     assert "--batch" in bad_input(capsys, "export", "--kind", "mpt", "-o", str(tmp_path / "m.onnx"), "--batch", str(10**12))
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -- random hostile models: whatever a model says, the answer is a verdict or one line, never exit 3 -----
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ELEM_TYPES = [TP.FLOAT, TP.FLOAT16, TP.DOUBLE, TP.INT64, TP.INT32, TP.BOOL, TP.STRING, 0, 999]
+DIMS = st.one_of(st.integers(-5, 10), st.sampled_from([2**31, 10**12, 2**63 - 1]))
+
+
+@st.composite
+def mutations(draw: st.DrawFn) -> list[tuple[str, object]]:
+    return draw(st.lists(st.one_of(
+        st.tuples(st.just("ir_version"), st.integers(-1, 200)),
+        st.tuples(st.just("opset"), st.integers(-1, 200)),
+        st.tuples(st.just("input elem"), st.sampled_from(ELEM_TYPES)),
+        st.tuples(st.just("output elem"), st.sampled_from(ELEM_TYPES)),
+        st.tuples(st.just("input dim"), st.tuples(st.integers(0, 1), DIMS)),
+        st.tuples(st.just("initializer dim"), DIMS),
+        st.tuples(st.just("metadata"), st.tuples(st.sampled_from(["config", "variant", "dtype", "kind"]),
+                                                 st.sampled_from(["", "{}", "[]", "null", '{"peft_type": 1}',
+                                                                  '{"num_virtual_tokens": 1e400}', "x" * 5000]))),
+        st.tuples(st.just("drop node"), st.integers(0, 50)),
+    ), min_size=1, max_size=3))
+
+
+def mutate(model: onnx.ModelProto, changes: list[tuple[str, object]]) -> None:
+    for what, value in changes:
+        if what == "ir_version":
+            model.ir_version = value
+        elif what == "opset":
+            model.opset_import[0].version = value
+        elif what == "input elem":
+            model.graph.input[0].type.tensor_type.elem_type = value
+        elif what == "output elem":
+            model.graph.output[0].type.tensor_type.elem_type = value
+        elif what == "input dim":
+            axis, size = value
+            dim = model.graph.input[0].type.tensor_type.shape.dim[axis]
+            dim.dim_value = max(size, 0) if size >= 0 else 0
+        elif what == "initializer dim":
+            model.graph.initializer[0].dims[0] = max(value, 0)
+        elif what == "metadata":
+            set_meta(model, *value)
+        elif what == "drop node" and model.graph.node:
+            del model.graph.node[value % len(model.graph.node)]
+
+
+@pytest.mark.parametrize("command", ["verify", "parity"])
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(changes=mutations())
+def test_random_hostile_models_never_end_in_an_internal_error(tmp_path, capsys, command, changes):
+    model = exported("small" if command == "verify" else "mpt")
+    mutate(model, changes)
+    path = save(model, tmp_path / "m.onnx")
+    argv = ["verify", "--onnx", path] if command == "verify" else ["parity", path, "--kind", "mpt"]
+    rc = main([*argv, "--timeout", "20"])
+    err = capsys.readouterr().err
+    assert rc in (0, 1, 2) and "internal error" not in err and "Traceback" not in err, (rc, err[-800:])
+    if rc == 2:
+        assert len(err.strip().splitlines()) == 1 and len(err) < 2500, err[:3000]
