@@ -12,8 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import mpt_ref
 import mpt_ref.io.checkpoint
@@ -433,3 +437,38 @@ def test_a_p_tuning_adapter_of_a_large_model_loads_as_its_table():
     mpt_ref.PromptEncoderConfig(inference_mode=True, **big)
     with pytest.raises(mpt_ref.ConfigError, match="parameter elements in all"):
         mpt_ref.PromptEncoderConfig(inference_mode=False, **big)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(["\ud800", "MLP", "LSTM", "TEXT", "RANDOM", "SAMPLE_VOCAB", "EXACT_SOURCE_TASK", "CAUSAL_LM"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=6)
+FIELDS = sorted({f.name for cls in (mpt_ref.MultitaskPromptTuningConfig, mpt_ref.PromptEncoderConfig)
+                 for f in __import__("dataclasses").fields(cls)})
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(peft_type=st.sampled_from(["PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING"]),
+       fields=st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES, max_size=4))
+def test_random_adapter_configs_load_or_raise_mpt_ref_errors(tmp_path, peft_type, fields):
+    """Whatever adapter_config.json holds: a module of the file's table, or one MptRefError (never a bare
+    ValueError, TypeError, MemoryError or UnicodeEncodeError)."""
+    config = {"peft_type": peft_type, "task_type": "CAUSAL_LM", "num_virtual_tokens": 3, "token_dim": 4, **fields}
+    d = tmp_path / "adapter"
+    d.mkdir(exist_ok=True)
+    (d / "adapter_config.json").write_text(json.dumps(config))
+    mpt_ref.io.checkpoint.write_safetensors(d / "adapter_model.safetensors", {
+        "prompt_embeddings": np.ones((3, 4), np.float32), "prefix_task_cols": np.ones((1, 3, 1), np.float32),
+        "prefix_task_rows": np.ones((1, 1, 4), np.float32)}, overwrite=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            module = mpt_ref.load_peft_adapter(d)
+        except mpt_ref.MptRefError:
+            return
+    assert module.state_dict()["embedding.weight"].shape == (3, 4)
+    try:  # what loads saves again, or says why not (a task_type is required to save)
+        module.save_pretrained(tmp_path / "again", overwrite=True)
+    except mpt_ref.MptRefError:
+        pass
