@@ -396,7 +396,7 @@ print("grew_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) /
 
 @pytest.mark.parametrize("reader", ["adapter", "candidate"])
 def test_a_file_of_many_empty_tensors_is_refused_from_its_header(tmp_path, reader):
-    """Issue 24: 10**6 empty tensors (60 MB) peaked at 2.4 GB in load_peft_adapter and verify --candidate.
+    """Before: 10**6 empty tensors (60 MB) peaked at 2.4 GB in load_peft_adapter and verify --candidate.
     The count is checked from the header's bytes before the library builds one object per tensor."""
     import subprocess
     import sys
@@ -461,7 +461,7 @@ def verify_vectors(capsys, folder: Path, candidate: Path) -> str:
 
 @pytest.mark.parametrize("where", ["case path", "file name", "case name"])
 def test_vectors_index_paths_stay_inside_the_folder(tmp_path, capsys, where):
-    """Issue 24: a --vectors index.json path opened a file outside the vectors folder."""
+    """Before: a --vectors index.json path opened a file outside the vectors folder."""
     import shutil
 
     folder, index = vectors_copy(tmp_path)
@@ -481,7 +481,7 @@ def test_vectors_index_paths_stay_inside_the_folder(tmp_path, capsys, where):
 @pytest.mark.parametrize("entry", [[], {"path": "pt_basic"}, {"path": "pt_basic", "files": []},
                                    {"path": "pt_basic", "files": {"case.json": 3}}, {"path": 7, "files": {}}])
 def test_malformed_vectors_index_entries_exit_2(tmp_path, capsys, entry):
-    """Issue 24: a malformed --vectors index.json raised AttributeError/KeyError (exit 3)."""
+    """Before: a malformed --vectors index.json raised AttributeError/KeyError (exit 3)."""
     folder, index = vectors_copy(tmp_path)
     index["cases"]["pt_basic"] = entry
     rewrite_index(folder, index)
@@ -489,7 +489,7 @@ def test_malformed_vectors_index_entries_exit_2(tmp_path, capsys, entry):
 
 
 def test_a_vectors_case_of_huge_indices_is_refused_before_the_reference_allocates(tmp_path, capsys):
-    """Issue 24: 8 MB of indices in a hostile case made the reference allocate 30.5 GiB."""
+    """Before: 8 MB of indices in a hostile case made the reference allocate 30.5 GiB."""
     import hashlib
     import tracemalloc
 
