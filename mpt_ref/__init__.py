@@ -25,6 +25,8 @@ from mpt_ref.errors import (
     InputTypeError,
     MptRefError,
     OutputExistsError,
+    RunTimeout,
+    WriteError,
 )
 
 # public name -> the module that defines it, imported on first access (PEP 562 module __getattr__)
@@ -137,7 +139,9 @@ __all__ = [
     "PromptEncoderReparameterizationType",
     "PromptTuningConfig",
     "PromptTuningInit",
+    "RunTimeout",
     "TaskType",
+    "WriteError",
     "config_from_dict",
     "load_peft_adapter",
     "save_pretrained",

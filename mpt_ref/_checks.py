@@ -79,7 +79,13 @@ def int_array(name: str, x: Any, *, ndim: int) -> np.ndarray:
         raise InputTypeError(f"{name}: expected an integer dtype, got {_describe(arr)}")
     if arr.ndim != ndim:
         raise InputError(f"{name}: expected {ndim}-D, got {_describe(arr)}")
+    if arr.size > MAX_IDS:  # e.g. a np.broadcast_to view of 2**33 rows: no copy, no mask of its size
+        raise InputError(f"{name}: expected at most {MAX_IDS} ids in one call (the output has D values per id), "
+                         f"got shape {arr.shape}")
     return arr
+
+
+MAX_IDS = 1 << 28  # ids in one call: the output is ids x D floats, 2 GiB of float64 at D = 1
 
 
 def in_range(name: str, ids: np.ndarray, upper: int, what: str) -> np.ndarray:

@@ -8,6 +8,8 @@ what was expected and what was given.
     ├── ConfigError        (ValueError)  invalid or inconsistent configuration
     ├── CheckpointError    (ValueError)  unreadable, hostile or mismatched checkpoint / state dict
     ├── OutputExistsError  (FileExistsError) refusing to overwrite an output without overwrite=True
+    ├── WriteError         (OSError)  an output could not be written (read-only, full disk, name too long)
+    ├── RunTimeout         (TimeoutError) running a model took longer than its time limit (stopped)
     └── InputError         (ValueError)  bad call arguments: None, wrong rank or length
         ├── InputTypeError (TypeError)   wrong dtype (float indices, bool ids, int dout, ...)
         └── IndexRangeError(IndexError)  indices or task ids outside their valid range
@@ -30,6 +32,15 @@ class CheckpointError(MptRefError, ValueError):
 
 class OutputExistsError(MptRefError, FileExistsError):
     """An output path already exists and overwriting was not asked for."""
+
+
+class WriteError(MptRefError, OSError):
+    """An output could not be written (read-only filesystem, full disk, a name too long); the files that
+    were there are unchanged."""
+
+
+class RunTimeout(MptRefError, TimeoutError):
+    """Running a model took longer than its time limit; the run was stopped."""
 
 
 class InputError(MptRefError, ValueError):

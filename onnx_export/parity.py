@@ -21,20 +21,21 @@ import numpy as np
 import onnx
 
 from mpt_ref import tolerances
-from mpt_ref.errors import InputError, shown
+from mpt_ref.errors import InputError, RunTimeout, shown
 from mpt_ref.judge.bounds import TensorCheck, check_tensor, expected
 from mpt_ref.modules.kind import Kind
 from mpt_ref.tolerances import Rounding
 from onnx_export._spec import ModuleSpec, module_spec
 from onnx_export.exporter import (
+    DTYPES,
     INPUT_INDICES,
     INPUT_TASK_IDS,
     metadata,
     module_identity,
     tokens_dim,
 )
-from onnx_export.reference import expected_output
-from onnx_export.runtimes import SETTINGS, Runner, check_provider, load_model
+from onnx_export.reference import VARIANTS, expected_output
+from onnx_export.runtimes import DEFAULT_TIMEOUT, SETTINGS, Runner, check_provider, check_runnable, load_model
 
 
 def ordered_bits(x: np.ndarray) -> np.ndarray:
@@ -83,18 +84,21 @@ def compare(case: str, provider: str, got: np.ndarray, want: np.ndarray, bound: 
 
 def run_cases(model: onnx.ModelProto, spec: ModuleSpec, cases: Sequence[tuple[str, dict[str, np.ndarray]]],
               providers: Sequence[str], *, dtype: str, variant: str,
-              input_names: dict[str, str] | None = None) -> list[TensorCheck]:
+              input_names: dict[str, str] | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> list[TensorCheck]:
     """The one provider loop: every case on every provider, judged by ``compare``. input_names maps our
-    feed names (indices, task_ids) to the graph's; a runtime error is a failed check, reported."""
+    feed names (indices, task_ids) to the graph's; a runtime error is a failed check, reported. A run
+    longer than ``timeout`` seconds is stopped: RunTimeout."""
     names = input_names or {}
     checks = []
     for provider in providers:
         rounding = onnx_rounding(dtype, provider)
-        runner = Runner(model, provider)
+        runner = Runner(model, provider, timeout=timeout)
         for name, feeds in cases:
             want, bound = expected_with_bound(spec, feeds, variant, rounding)
             try:
                 got = runner.run({names.get(k, k): np.asarray(v, dtype=np.int64) for k, v in feeds.items()})
+            except RunTimeout:
+                raise
             except Exception as exc:  # a runtime refusing an input is a parity failure, reported
                 checks.append(TensorCheck.failed(name, "output", f"{type(exc).__name__}: {shown(exc)}", provider))
                 continue
@@ -102,11 +106,55 @@ def run_cases(model: onnx.ModelProto, spec: ModuleSpec, cases: Sequence[tuple[st
     return checks
 
 
+MAX_CASE_ELEMENTS = 1 << 27  # B x tokens x D of one parity case: 1 GiB of float64 reference output
+
+
+def check_batch(batch: Any, spec: ModuleSpec, what: str = "batch") -> int:
+    """A batch size whose cases (a few more rows, one more token) stay under MAX_CASE_ELEMENTS outputs,
+    checked before anything is allocated (a batch of 10**12 is refused, not attempted)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise InputError(f"{what}: expected an integer >= 1, got {batch!r}")
+    per_row = (spec.T + 1) * spec.D
+    most = max(MAX_CASE_ELEMENTS // per_row - 4, 1)
+    if batch > most:
+        raise InputError(f"{what}: expected at most {most} rows for this module ({per_row} output elements per "
+                         f"row, at most {MAX_CASE_ELEMENTS} per case), got {batch}")
+    return batch
+
+
+def stamped(model: onnx.ModelProto, spec: ModuleSpec) -> tuple[str, str]:
+    """(variant, dtype) from an mpt-ref export's metadata, each checked (the kind against ``spec``, the
+    dtype against the graph's output) before it steers anything."""
+    meta = metadata(model)
+    kind = meta.get("kind")
+    if kind not in {k.value for k in Kind} or Kind.parse(kind) != spec.kind:
+        raise InputError(f"model: expected an export of a {spec.kind.value!r} module (mpt_ref.kind metadata), "
+                         f"got {shown(kind, 80)!r}")
+    variant, dtype = meta.get("variant"), meta.get("dtype")
+    if variant not in VARIANTS:
+        raise InputError(f"model: expected mpt_ref.variant metadata, one of {list(VARIANTS)}, got {shown(variant, 80)!r}")
+    if dtype not in DTYPES:
+        raise InputError(f"model: expected mpt_ref.dtype metadata, one of {list(DTYPES)}, got {shown(dtype, 80)!r}")
+    tokens = tokens_dim(spec, variant)
+    idx = next((v for v in model.graph.input if v.name == INPUT_INDICES), None)
+    dims = [] if idx is None else list(idx.type.tensor_type.shape.dim)
+    if len(dims) != 2:
+        raise InputError(f"model: expected an input {INPUT_INDICES!r} of rank 2, got "
+                         f"{'none' if idx is None else f'rank {len(dims)}'}")
+    if dims[1].HasField("dim_value") and dims[1].dim_value != tokens:
+        raise InputError(f"model: expected indices with {tokens} tokens (module T={spec.T}, variant {variant}), got "
+                         f"a fixed {dims[1].dim_value}")
+    out = model.graph.output[0].type.tensor_type.elem_type if model.graph.output else None
+    if out != onnx.helper.np_dtype_to_tensor_dtype(DTYPES[dtype]):
+        raise InputError(f"model: expected a {dtype} output (its mpt_ref.dtype metadata), got ONNX element type "
+                         f"{out}")
+    return variant, dtype
+
+
 def parity_cases(spec: ModuleSpec, variant: str, *, batch: int = 3, seed: int = 0) -> list[tuple[str, dict[str, np.ndarray]]]:
     """The inputs checked: PEFT's (arange rows), a length-1 task broadcast (MPT), random in-range
     indices (with T+1 tokens where the graph allows any count), and invalid ids (the NaN policy)."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise InputError(f"batch: expected an integer >= 1, got {batch!r}")
+    check_batch(batch, spec)
     rng = np.random.default_rng(seed)
     T, K = spec.T, spec.K
     mpt = spec.kind == Kind.MPT
@@ -199,8 +247,8 @@ def metadata_mismatches(meta: dict[str, str], module: Any, spec: ModuleSpec, her
                      "--config it was exported from, or neither: parity then reads the model's own config")
     if "params_sha256" in meta and meta["params_sha256"] != identity["params_sha256"]:
         seeds = (meta.get("init_seed"), identity["init_seed"])
-        hint = (f"; the model says init seed {seeds[0]}, the module here was built with {seeds[1]}: pass --seed "
-                f"{seeds[0]}" if seeds[0] not in (None, "none") and seeds[0] != seeds[1]
+        hint = (f"; the model says init seed {shown(seeds[0], 40)}, the module here was built with {seeds[1]}: pass "
+                f"--seed {shown(seeds[0], 40)}" if seeds[0] not in (None, "none") and seeds[0] != seeds[1]
                 else "; pass the --checkpoint (or adapter) it was exported from")
         notes.append("the model's weights (mpt_ref.params_sha256) differ from the module rebuilt here, so "
                      "parity compares two different modules" + hint)
@@ -215,20 +263,20 @@ def check_parity(
     batch: int = 3,
     seed: int = 0,
     here: str = "here",
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> ParityReport:
     """Run an exported ``model`` (ModelProto or path) on each provider for the cases of
     ``parity_cases`` and compare with ``module``'s float64 reference. Unavailable providers raise
-    InputError; a runtime error inside a session is reported as a failed comparison."""
+    InputError; a runtime error inside a session is reported as a failed comparison; a run longer than
+    ``timeout`` seconds is stopped (RunTimeout)."""
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)
+    check_runnable(model)
     meta = metadata(model)
     spec = module_spec(module)
-    if meta.get("kind") is None or Kind.parse(meta["kind"]) != spec.kind:
-        raise InputError(f"model: expected an export of a {spec.kind.value!r} module (mpt_ref.kind metadata), "
-                         f"got {meta.get('kind')!r}")
-    variant, dtype = meta["variant"], meta["dtype"]
+    variant, dtype = stamped(model, spec)
     cases = parity_cases(spec, variant, batch=batch, seed=seed)
     for provider in providers:
         check_provider(provider)
-    comparisons = run_cases(model, spec, cases, providers, dtype=dtype, variant=variant)
+    comparisons = run_cases(model, spec, cases, providers, dtype=dtype, variant=variant, timeout=timeout)
     return ParityReport(spec.module_name, variant, dtype, comparisons, notes=metadata_mismatches(meta, module, spec, here))

@@ -23,14 +23,20 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
 
-from mpt_ref.errors import InputError, shown
+from mpt_ref.errors import InputError, MptRefError, RunTimeout, shown
 from mpt_ref.io.limits import MAX_MODEL_BYTES, read_regular_file
+
+DEFAULT_TIMEOUT = 600.0  # seconds one run of a model may take (mpt-ref's models run in milliseconds)
+# operator domains a model may use: standard ONNX, ONNX-ML, and onnxruntime's own contrib operators
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 ORT_PROVIDERS: dict[str, tuple[str, dict[str, str]]] = {
     "cpu": ("CPUExecutionProvider", {}),
@@ -95,12 +101,6 @@ def check_provider(name: str) -> str:
     return name
 
 
-def _model_bytes(model: onnx.ModelProto | str | os.PathLike) -> bytes:
-    if isinstance(model, onnx.ModelProto):
-        return model.SerializeToString()
-    return read_regular_file(model, MAX_MODEL_BYTES, InputError, "ONNX model file")
-
-
 def load_model(path: str | os.PathLike, what: str = "model") -> onnx.ModelProto:
     """The ONNX model in the file at ``path``: a regular file (a FIFO or device is refused before a byte is
     read) of at most 2 GiB that parses as a ModelProto; anything else is an InputError naming ``what``."""
@@ -112,11 +112,85 @@ def load_model(path: str | os.PathLike, what: str = "model") -> onnx.ModelProto:
                          f"({type(exc).__name__}: {shown(exc)})") from None
 
 
+def _graphs(graph: onnx.GraphProto, depth: int = 0) -> Iterator[onnx.GraphProto]:
+    """``graph`` and every subgraph (Loop/If/Scan bodies) inside it."""
+    yield graph
+    if depth > 64:
+        raise InputError("model: expected subgraphs nested at most 64 deep, got deeper")
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub, depth + 1)
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
+def check_runnable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Refuse, as one InputError naming what is wrong, a model no runtime here should be handed: an IR
+    version or opset newer than this onnx knows, operators of an unknown domain, weights in external
+    files (a model is read as one file: its weights never come from paths it names), no output."""
+    if model.ir_version > onnx.IR_VERSION or model.ir_version < 3:
+        raise InputError(f"model: expected an ONNX IR version in [3, {onnx.IR_VERSION}], got {model.ir_version}")
+    newest = onnx.defs.onnx_opset_version()
+    domains = {f.domain for f in model.functions}  # a model's own functions define their domain
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not 1 <= imp.version <= newest:
+            raise InputError(f"model: expected an ONNX opset in [1, {newest}], got {imp.version}")
+        if imp.domain not in KNOWN_DOMAINS and imp.domain not in domains:
+            raise InputError(f"model: expected operators of the domains {list(KNOWN_DOMAINS[1:])} or standard ONNX, "
+                             f"got custom domain {shown(imp.domain, 80)!r}")
+    graphs = list(_graphs(model.graph))
+    nodes = [n for g in graphs for n in g.node] + [n for f in model.functions for n in f.node]
+    for node in nodes:
+        if node.domain not in KNOWN_DOMAINS and node.domain not in domains:
+            raise InputError(f"model: expected operators of standard domains, got {shown(node.op_type, 80)!r} "
+                             f"of custom domain {shown(node.domain, 80)!r}")
+    for graph in graphs:
+        for tensor in _tensors(graph):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                where = next((e.value for e in tensor.external_data if e.key == "location"), "?")
+                raise InputError(f"model: expected every weight inside the model file, got {shown(tensor.name, 80)!r} "
+                                 f"in external file {shown(where, 80)!r} (not read: save the model as one file)")
+    if not model.graph.output:
+        raise InputError("model: expected at least one graph output, got none")
+    return model
+
+
 class _Backend:
-    """One loaded model on one provider: ``run(feeds)`` -> the first output as a NumPy array."""
+    """One loaded model on one provider: ``run(feeds)`` -> the first output as a NumPy array.
+    ``run_within`` stops a run at ``timeout`` seconds where the runtime can be stopped (onnxruntime);
+    elsewhere the run is abandoned in a daemon thread (a command exits; a long-lived caller keeps that
+    thread busy until the run ends)."""
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
+
+    def run_within(self, feeds: Mapping[str, np.ndarray], timeout: float, timed_out: Callable[[], Exception]
+                   ) -> np.ndarray:
+        result: list[Any] = []
+
+        def work() -> None:
+            try:
+                result.append(("ok", self.run(feeds)))
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                result.append(("error", exc))
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not result:
+            raise timed_out()
+        kind, value = result[0]
+        if kind == "error":
+            raise value
+        return np.asarray(value)
 
 
 class _Reference(_Backend):
@@ -145,6 +219,30 @@ class _OnnxRuntime(_Backend):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         return self._sess.run(None, dict(feeds))[0]
+
+    def run_within(self, feeds: Mapping[str, np.ndarray], timeout: float, timed_out: Callable[[], Exception]
+                   ) -> np.ndarray:
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.log_severity_level = 4  # the stop is reported as RunTimeout, not as an onnxruntime error line
+        fired = threading.Event()
+
+        def stop() -> None:
+            fired.set()
+            options.terminate = True
+
+        timer = threading.Timer(timeout, stop)
+        timer.daemon = True
+        timer.start()
+        try:
+            return self._sess.run(None, dict(feeds), options)[0]
+        except Exception:
+            if fired.is_set():
+                raise timed_out() from None
+            raise
+        finally:
+            timer.cancel()
 
 
 class _OpenVino(_Backend):
@@ -194,16 +292,45 @@ def _backend_class(provider: str) -> type[_Backend]:
 
 class Runner:
     """One loaded session (onnxruntime), evaluator, compiled model (OpenVINO) or tract model;
-    ``run(feeds)`` -> the single output."""
+    ``run(feeds)`` -> the single output. The model is checked first (check_runnable), and a model the
+    runtime refuses is an InputError. A run longer than ``timeout`` seconds raises RunTimeout
+    (``_Backend.run_within``); ``timeout=None`` never stops it."""
 
-    def __init__(self, model: onnx.ModelProto | str | os.PathLike, provider: str = "cpu") -> None:
+    def __init__(self, model: onnx.ModelProto | str | os.PathLike, provider: str = "cpu", *,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self.provider = check_provider(provider)
-        self._backend = _backend_class(provider)(_model_bytes(model), provider)
+        self.timeout = check_timeout(timeout)
+        if not isinstance(model, onnx.ModelProto):
+            model = load_model(model)
+        check_runnable(model)
+        try:
+            self._backend = _backend_class(provider)(model.SerializeToString(), provider)
+        except MptRefError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the runtime refusing a checked model: the model's fault
+            raise InputError(f"model: expected a model the {provider} provider loads, got {type(exc).__name__}: "
+                             f"{shown(exc)}") from None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self._backend.run(feeds)
+        if self.timeout is None:
+            return self._backend.run(feeds)
+        return self._backend.run_within(feeds, self.timeout, self._timed_out)
+
+    def _timed_out(self) -> RunTimeout:
+        return RunTimeout(f"model: expected one run on {self.provider} to finish within --timeout {self.timeout:g} "
+                          "seconds, got a longer one (stopped)")
 
 
-def run_model(model: onnx.ModelProto | str | os.PathLike, feeds: Mapping[str, np.ndarray], provider: str = "cpu") -> np.ndarray:
+def check_timeout(timeout: Any) -> float | None:
+    """A time limit in seconds: a finite number > 0, or None for none."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < float("inf"):
+        raise InputError(f"timeout: expected a number of seconds > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def run_model(model: onnx.ModelProto | str | os.PathLike, feeds: Mapping[str, np.ndarray], provider: str = "cpu", *,
+              timeout: float | None = DEFAULT_TIMEOUT) -> np.ndarray:
     """Load and run once."""
-    return Runner(model, provider).run(feeds)
+    return Runner(model, provider, timeout=timeout).run(feeds)

@@ -131,3 +131,25 @@ def test_mpt_accepts_sample_vocab_string_like_peft():
         warnings.simplefilter("error")
         cfg = mpt_ref.MultitaskPromptTuningConfig(num_virtual_tokens=2, prompt_tuning_init="SAMPLE_VOCAB")
     assert cfg.to_dict()["prompt_tuning_init"] == "SAMPLE_VOCAB"
+
+
+@given(hs.encoder_configs())
+def test_parameter_shapes_are_the_built_modules_without_building_one(config):
+    """parameter_shapes(config) is what the caps and the shape checks before building rely on: it must be
+    exactly the module's own state_dict keys, order and shapes."""
+    import dataclasses
+
+    from mpt_ref.modules.config import parameter_shapes
+
+    full = mpt_ref.PromptEncoder(dataclasses.replace(config, inference_mode=False), seed=0)
+    assert list(parameter_shapes(config, full_encoder=True).items()) == list(full.parameter_shapes().items())
+    table = mpt_ref.PromptEncoder(dataclasses.replace(config, inference_mode=True), seed=0)
+    assert parameter_shapes(config, full_encoder=False) == table.parameter_shapes()
+
+
+@given(hs.prompt_tuning_configs(), hs.mpt_configs())
+def test_parameter_shapes_of_prompt_and_multitask_modules(pt, mpt):
+    from mpt_ref.modules.config import parameter_shapes
+
+    assert parameter_shapes(pt) == mpt_ref.PromptEmbedding(pt).parameter_shapes()
+    assert list(parameter_shapes(mpt).items()) == list(mpt_ref.MultitaskPromptEmbedding(mpt).parameter_shapes().items())

@@ -363,3 +363,180 @@ def test_records_torch_parses_are_checked(tmp_path, member, data, match):
     archive = torch_zip(pickle_of_tensor_dict(), **record)
     with pytest.raises(mpt_ref.CheckpointError, match=match):
         read_torch_checkpoint(write(tmp_path, archive))
+
+
+def many_tensors(count: int, name: str = "t{}") -> bytes:
+    """A safetensors file of a (3, 4) ``prompt_embeddings`` and ``count`` empty tensors (~60 bytes each)."""
+    import json
+
+    header = {"prompt_embeddings": {"dtype": "F32", "shape": [3, 4], "data_offsets": [0, 48]}}
+    header.update({name.format(i): {"dtype": "F32", "shape": [0], "data_offsets": [48, 48]} for i in range(count)})
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + bytes(48)
+
+
+PEAK_RSS = """
+import resource, sys, warnings
+warnings.simplefilter("ignore")
+import mpt_ref
+from mpt_ref.cli import main
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[1] == "adapter":
+    try:
+        mpt_ref.load_peft_adapter(sys.argv[2])
+        print("loaded")
+    except mpt_ref.CheckpointError as exc:
+        print("refused:", exc)
+else:
+    print("exit", main(["verify", "--candidate", sys.argv[2], "--forward-only"]))
+print("grew_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+@pytest.mark.parametrize("reader", ["adapter", "candidate"])
+def test_a_file_of_many_empty_tensors_is_refused_from_its_header(tmp_path, reader):
+    """Before: 10**6 empty tensors (60 MB) peaked at 2.4 GB in load_peft_adapter and verify --candidate.
+    The count is checked from the header's bytes before the library builds one object per tensor."""
+    import subprocess
+    import sys
+
+    from mpt_ref.conformance.location import default_vectors_dir
+    from mpt_ref.conformance.verify import selected_cases
+    from mpt_ref.io.checkpoint import MAX_TENSORS
+
+    data = many_tensors(2 * MAX_TENSORS)  # 8 MB
+    if reader == "adapter":
+        target = tmp_path / "adapter"
+        target.mkdir()
+        (target / "adapter_model.safetensors").write_bytes(data)
+        mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=4).save_pretrained(target)
+    else:
+        target = tmp_path / "candidate"
+        first = selected_cases(default_vectors_dir())[0]  # the first case judged: its file ends the run
+        (target / first).mkdir(parents=True)
+        (target / first / "output.safetensors").write_bytes(data)
+    out = subprocess.run([sys.executable, "-c", PEAK_RSS, reader, str(target)], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ("refused:" in out.stdout and "tensors" in out.stdout) if reader == "adapter" else "exit 2" in out.stdout
+    grew = int(out.stdout.split("grew_mb")[1])
+    assert grew < 150, out.stdout  # before: about 300 MB for this file
+
+
+def test_braces_inside_tensor_names_do_not_count_as_tensors():
+    names = "{" * 40 + "name{}" + "}" * 40
+    tensors = parse_safetensors(many_tensors(2000, names))[0]  # 164,000 braces, all inside strings
+    assert len(tensors) == 2001
+
+
+# -- vectors folders (--vectors): index.json paths confined, case sizes checked before the reference runs --
+
+def vectors_copy(tmp: Path) -> tuple[Path, dict]:
+    import json
+
+    from mpt_ref.conformance import vectors as vec
+    from mpt_ref.conformance.cases import CASES
+
+    out = vec.write_vectors(tmp / "v", CASES[:1])
+    return out, json.loads((out / "index.json").read_text())
+
+
+def rewrite_index(folder: Path, index: dict) -> None:
+    import json
+
+    (folder / "index.json").write_text(json.dumps(index))
+
+
+def verify_vectors(capsys, folder: Path, candidate: Path) -> str:
+    from mpt_ref.cli import main
+
+    candidate.mkdir(exist_ok=True)
+    (candidate / "pt_basic").mkdir(exist_ok=True)
+    rc = main(["verify", "--candidate", str(candidate), "--vectors", str(folder), "--forward-only"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err, (rc, err)
+    return err
+
+
+@pytest.mark.parametrize("where", ["case path", "file name", "case name"])
+def test_vectors_index_paths_stay_inside_the_folder(tmp_path, capsys, where):
+    """Before: a --vectors index.json path opened a file outside the vectors folder."""
+    import shutil
+
+    folder, index = vectors_copy(tmp_path)
+    outside = tmp_path / "outside"
+    shutil.copytree(folder / "pt_basic", outside)  # same bytes, same sha256: only confinement refuses it
+    entry = index["cases"]["pt_basic"]
+    if where == "case path":
+        entry["path"] = "../outside"
+    elif where == "file name":
+        entry["files"] = {("../../outside/" + k if k == "case.json" else k): v for k, v in entry["files"].items()}
+    else:
+        index["cases"] = {"../outside": entry}
+    rewrite_index(folder, index)
+    assert "inside" in verify_vectors(capsys, folder, tmp_path / "cand")
+
+
+@pytest.mark.parametrize("entry", [[], {"path": "pt_basic"}, {"path": "pt_basic", "files": []},
+                                   {"path": "pt_basic", "files": {"case.json": 3}}, {"path": 7, "files": {}}])
+def test_malformed_vectors_index_entries_exit_2(tmp_path, capsys, entry):
+    """Before: a malformed --vectors index.json raised AttributeError/KeyError (exit 3)."""
+    folder, index = vectors_copy(tmp_path)
+    index["cases"]["pt_basic"] = entry
+    rewrite_index(folder, index)
+    verify_vectors(capsys, folder, tmp_path / "cand")
+
+
+def test_a_vectors_case_of_huge_indices_is_refused_before_the_reference_allocates(tmp_path, capsys):
+    """Before: 8 MB of indices in a hostile case made the reference allocate 30.5 GiB."""
+    import hashlib
+    import tracemalloc
+
+    from safetensors.numpy import load, save
+
+    folder, index = vectors_copy(tmp_path)
+    case = folder / "pt_basic"
+    params = load((case / "params.safetensors").read_bytes())
+    params["embedding.weight"] = np.zeros((4, 4096), np.float64)
+    inputs = load((case / "inputs.safetensors").read_bytes())
+    inputs["indices"] = np.zeros((1000, 1000), np.int64)  # 8 MB; the output would be 1000 x 1000 x 4096
+    for name, tensors in (("params", params), ("inputs", inputs)):
+        data = save(tensors)
+        (case / f"{name}.safetensors").write_bytes(data)
+        index["cases"]["pt_basic"]["files"][f"{name}.safetensors"] = hashlib.sha256(data).hexdigest()
+    rewrite_index(folder, index)
+    tracemalloc.start()
+    err = verify_vectors(capsys, folder, tmp_path / "cand")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "output elements" in err and peak < 256 << 20
+
+
+@pytest.mark.parametrize("header, braces", [
+    (b'{"a{": {"b": "x\\"{"}, "c": "\\\\"} {', 3),   # escaped quotes and backslashes inside strings
+    (b'{"k\\"{": 1}', 1),
+    (b'{"a": "\\"\\"' + b"{" * 5, 6),                # an unterminated string: its braces counted (a bound)
+])
+def test_braces_outside_json_strings_are_counted_exactly(header, braces):
+    from mpt_ref.io.checkpoint import _braces_outside_strings
+
+    assert _braces_outside_strings(header) == braces
+
+
+def test_counting_tensors_is_linear_on_an_unterminated_string_of_escaped_quotes():
+    """A regex restarting at every quote of such a string would take quadratic time (hours at 4 MB)."""
+    from mpt_ref.io.checkpoint import _braces_outside_strings
+
+    header = b"{" * 70_000 + b'"' + b'\\"' * 2_000_000
+    assert _braces_outside_strings(header) == 70_000
+
+
+def test_a_vectors_index_of_too_many_cases_is_refused(tmp_path, capsys):
+    from mpt_ref.conformance.vectors import MAX_CASES
+
+    folder, index = vectors_copy(tmp_path)
+    entry = index["cases"]["pt_basic"]
+    index["cases"] = {f"c{i}": entry for i in range(MAX_CASES + 1)}  # all pointing at one valid case
+    rewrite_index(folder, index)
+    assert f"at most {MAX_CASES} cases" in verify_vectors(capsys, folder, tmp_path / "cand")

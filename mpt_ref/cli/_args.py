@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from mpt_ref.errors import InputError, OutputExistsError
-from mpt_ref.io.atomic import atomic_write_bytes
+from mpt_ref.io.atomic import atomic_write_bytes, check_output_file
 
 STDOUT = "-"
 
@@ -71,13 +72,49 @@ seed_int = int_at_least(0)      # numpy's default_rng refuses negative seeds
 positive_int = int_at_least(1)  # batch sizes, threads, repeats
 
 
+def seconds(text: str) -> float:
+    """An argparse ``type``: a finite number of seconds > 0 (--timeout)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text}")
+    return value
+
+
+def add_timeout(p: argparse.ArgumentParser) -> None:
+    from onnx_export.runtimes import DEFAULT_TIMEOUT
+
+    p.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=f"stop a run of the model that takes longer, exit 2 (default {DEFAULT_TIMEOUT:g})")
+
+
 def refuse_existing(option: str, path: str | None, force: bool, example: str = "report.json") -> None:
-    """Refuse an output that exists (unless --force) or is a directory, before anything runs."""
+    """Refuse an output that exists (unless --force), or that no --force may replace (a folder, a FIFO, a
+    device, a symlink to one), before anything runs."""
     if path and path != STDOUT and Path(path).is_dir():  # --force would not help: say what would
         raise OutputExistsError(f"{option}: expected a file path, got an existing directory: {path} (name a file "
                                 f"in it, e.g. {Path(path) / example})")
     if path and path != STDOUT and Path(path).exists() and not force:
         raise OutputExistsError(f"{option}: expected a new file, got an existing one: {path} (use --force)")
+    if path and path != STDOUT:
+        try:
+            check_output_file(path)
+        except OutputExistsError as exc:
+            raise OutputExistsError(f"{option}: {exc}") from None
+
+
+def refuse_same_outputs(*options: tuple[str, str | None]) -> None:
+    """Two report options naming one file: one report would silently replace the other."""
+    seen: dict[str, str] = {}
+    for option, path in options:
+        if not path or path == STDOUT:
+            continue
+        key = os.path.realpath(path)
+        if key in seen:
+            raise InputError(f"{option}: expected another file than {seen[key]}'s, got the same one: {path}")
+        seen[key] = option
 
 
 def add_json(p: argparse.ArgumentParser, what: str) -> None:

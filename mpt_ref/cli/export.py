@@ -31,6 +31,7 @@ from mpt_ref.cli._args import (
     STDOUT,
     add_json,
     add_runtime,
+    add_timeout,
     kind_arg,
     load_onnx_model,
     note,
@@ -47,11 +48,12 @@ from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
 from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.prompt_encoder import PromptEncoder
+from onnx_export._spec import module_spec
 from onnx_export.exporter import DTYPES, export, metadata
-from onnx_export.foreign import WEIGHTS_FROM_MODEL, reference_module, weights_from_initializers
-from onnx_export.parity import check_parity
+from onnx_export.foreign import WEIGHTS_FROM_MODEL, reference_module
+from onnx_export.parity import check_batch, check_parity
 from onnx_export.reference import VARIANTS
-from onnx_export.runtimes import PROVIDERS
+from onnx_export.runtimes import PROVIDERS, check_provider
 
 
 DEFAULT_VARIANT = "folded"  # export and export-model alike
@@ -100,11 +102,13 @@ def _module_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--providers", default="cpu", help=f"comma-separated, of {', '.join(PROVIDERS)} (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="batch size of the parity inputs (default 3)")
     add_runtime(p)
+    add_timeout(p)
 
 
 def _checked(model: Any, module: Any, providers: list[str], args: argparse.Namespace, *, here: str = "here",
              weights: str = "", stream: Any = None) -> Any:
-    report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed or 0, here=here)
+    report = check_parity(model, module, providers=providers, batch=args.batch, seed=args.seed or 0, here=here,
+                          timeout=args.timeout)
     report.weights = report.weights or weights
     notes, report.notes = report.notes, []
     print(report.format(), file=stream or report_stream(args))
@@ -140,6 +144,8 @@ def _refuse_options_of_other_formats(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> int:
     providers = runtime_providers(args.runtime, args.providers)  # refuse a bad list, or an existing output, before any work or write
     _refuse_options_of_other_formats(args)
+    for provider in providers:
+        check_provider(provider)  # an unavailable one too (cuda without onnxruntime-gpu), before any write
     if args.format == "onnx":  # the serving formats write into directories and check their own files
         refuse_existing("--output", args.output, args.force, example="prompt.onnx")
         if args.output == STDOUT and sys.stdout.isatty():
@@ -147,6 +153,7 @@ def _export(args: argparse.Namespace) -> int:
                              f"redirect it (mpt-ref export -o - > prompt.onnx) or name a file")
     module = module_from_args(args)
     refuse_unservable(module, args)  # task_type null, a trained head: PEFT would not serve this prompt alone
+    check_batch(args.batch, module_spec(module), "--batch")  # before the file is written
     if args.format != "onnx":  # the serving formats: mpt_ref/serve, spec/serving.md
         return export_serving(module, args, report=lambda model, mod, a: _checked(model, mod, providers, a))
     to_stdout = args.output == STDOUT
@@ -187,14 +194,13 @@ def parity_module(model: Any, args: argparse.Namespace) -> tuple[Any, str, str]:
     if not meta.get("config") or meta["config"] == "{}":  # no config stamped: the built-in default, as before
         return module_from_args(args), "--kind default", ""
     stamped = meta.get("init_seed", "none")
-    if args.seed is not None or stamped.isdigit():
+    if args.seed is not None or (stamped.isdigit() and len(stamped) <= 19):  # a seed numpy takes, not 5000 digits
         seed = args.seed if args.seed is not None else int(stamped)
         return reference_module(model, None, args.checkpoint, seed), "model's metadata", ""
     if args.checkpoint:
         return reference_module(model, None, args.checkpoint, 0), "model's metadata", ""
-    module = reference_module(model, None, None, 0)
     try:
-        module.load_state_dict(weights_from_initializers(model, list(module.state_dict())))
+        module = reference_module(model, None, None, 0, weights_from_model=True)
     except CheckpointError:
         raise InputError("model: expected the adapter or --checkpoint it was exported from (it names no init seed, "
                          "and its graph holds no tensors under every PEFT key of its config), got neither") from None

@@ -97,6 +97,7 @@ def describe_onnx(path: Path) -> str:
 
 
 def describe(path: str | Path) -> str:
+    from mpt_ref.io.adapter_files import ADAPTER_NAMES
     from mpt_ref.io.limits import MAX_BYTES, read_regular_file
 
     path = Path(path)
@@ -105,7 +106,9 @@ def describe(path: str | Path) -> str:
     if path.is_file() and path.suffix == ".onnx":
         return describe_onnx(path)
     lines = []
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    # adapter and tensor files that are not regular (a FIFO, a dangling link) are read, so refused by name
+    files = sorted(p for p in path.iterdir() if p.is_file() or p.name in ADAPTER_NAMES or p.suffix in TENSOR_SUFFIXES
+                   ) if path.is_dir() else [path]
     if path.is_dir() and (path / CONFIG_NAME).is_file():
         lines += _config_lines(path)
     lines.append("files:")

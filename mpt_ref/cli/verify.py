@@ -7,11 +7,13 @@ import argparse
 from mpt_ref.cli._args import (
     STDOUT,
     add_runtime,
+    add_timeout,
     kind_arg,
     load_onnx_model,
     positive_int,
     progress,
     refuse_existing,
+    refuse_same_outputs,
     report_stream,
     runtime_providers,
 )
@@ -49,13 +51,15 @@ def _verify(args: argparse.Namespace) -> int:
     refuse_options_of_the_other_mode(args)
     refuse_existing("--json", args.json, args.force)  # before any work
     refuse_existing("--junit-xml", args.junit_xml, args.force)
+    refuse_same_outputs(("--json", args.json), ("--junit-xml", args.junit_xml))
     out = report_stream(args)
     if args.onnx:
         providers = runtime_providers(args.runtime, args.providers)
         load_onnx_model("--onnx", args.onnx)  # a missing or non-ONNX file: exit 2 naming the option
         from onnx_export.foreign import verify_onnx
 
-        result = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch)
+        result = verify_onnx(args.onnx, args.config, args.checkpoint, providers=providers, batch=args.batch,
+                             timeout=args.timeout)
         print(result.format(), file=out)
         report.write_reports(result.comparisons, result.verdict_line(), json_path=args.json,
                              junit_path=args.junit_xml, suite=f"mpt-ref verify --onnx {args.onnx}",
@@ -104,4 +108,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--providers", default="cpu", help="with --onnx: comma-separated providers (default cpu)")
     p.add_argument("--batch", type=positive_int, default=3, help="with --onnx: batch size when the batch is dynamic")
     add_runtime(p)
+    add_timeout(p)
     p.set_defaults(func=_verify)

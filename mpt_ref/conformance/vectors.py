@@ -39,6 +39,7 @@ from mpt_ref.conformance.cases import CASES, CaseSpec, run_reference, source_ten
 from mpt_ref.conformance.errors import ERROR_CASES
 from mpt_ref.errors import CheckpointError, OutputExistsError, shown
 from mpt_ref.io.atomic import atomic_write_directory
+from mpt_ref.io.checkpoint import parse_safetensors
 from mpt_ref.io.limits import MAX_BYTES, exc_text, read_regular_file
 from mpt_ref.tolerances import VECTORS, Tol
 
@@ -211,13 +212,49 @@ def read_index(vectors_dir: str | Path) -> dict:
     if index.get("format") != FORMAT:
         raise CheckpointError(f"{path}: expected format {FORMAT!r}, got {shown(index.get('format'))!r}; "
                               "regenerate with `mpt-ref vectors DIR --force`")
+    if len(index["cases"]) > MAX_CASES:
+        raise CheckpointError(f"{path}: expected at most {MAX_CASES} cases, got {len(index['cases'])}")
+    for name, entry in index["cases"].items():
+        _check_entry(path, name, entry)
     return index
+
+
+MAX_CASES = 1024  # cases in one vectors folder (the golden set has a few dozen); each is judged in turn
+
+
+def _inside(rel: object, many: bool) -> bool:
+    """Whether ``rel`` is a relative path that stays inside its folder: one plain name, or (``many``)
+    plain names joined by "/"; never absolute, never "..", never a NUL or a backslash."""
+    if not isinstance(rel, str) or not rel or "\0" in rel or "\\" in rel or rel.startswith("/"):
+        return False
+    parts = rel.split("/")
+    return (many or len(parts) == 1) and all(p not in ("", ".", "..") for p in parts)
+
+
+def _check_entry(path: Path, name: object, entry: object) -> None:
+    """A case of index.json: a plain name, and a path and files that stay inside the vectors folder."""
+    if not _inside(name, many=False):
+        raise CheckpointError(f"{path}: expected case names that are plain folder names inside the vectors folder, got {shown(name, 80)!r}")
+    if not (isinstance(entry, dict) and isinstance(entry.get("files"), dict)
+            and all(isinstance(v, str) for v in entry["files"].values())):
+        raise CheckpointError(f'{path}: case {name!r}: expected an object with a "files" mapping of name -> '
+                              "sha256, got something else")
+    if not _inside(entry.get("path"), many=False):
+        raise CheckpointError(f"{path}: case {name!r}: expected a path inside the vectors folder, got "
+                              f"{shown(entry.get('path'), 80)!r}")
+    bad = next((f for f in entry["files"] if not _inside(f, many=True)), None)
+    if bad is not None:
+        raise CheckpointError(f"{path}: case {name!r}: expected file names inside the case folder, got "
+                              f"{shown(bad, 80)!r}")
+    missing = [f for f in ("case.json", *(f"{k}.safetensors" for k in TENSOR_FILES)) if f not in entry["files"]]
+    if missing:
+        raise CheckpointError(f"{path}: case {name!r}: expected files {missing} in its list, got none by those names")
 
 
 def read_case(vectors_dir: str | Path, name: str, *, check_hashes: bool = True) -> VectorCase:
     index = read_index(vectors_dir)
     if name not in index["cases"]:
-        raise CheckpointError(f"case: expected one of {sorted(index['cases'])}, got {name!r}")
+        raise CheckpointError(f"case: expected one of {shown(sorted(index['cases']))}, got {shown(name, 80)!r}")
     entry = index["cases"][name]
     case_dir = Path(vectors_dir) / entry["path"]
     blobs = {}
@@ -226,9 +263,34 @@ def read_case(vectors_dir: str | Path, name: str, *, check_hashes: bool = True) 
         if check_hashes and _sha256(data) != digest:
             raise CheckpointError(f"{case_dir / fname}: sha256 does not match index.json (file changed or corrupt)")
         blobs[fname] = data
-    record = json.loads(blobs["case.json"])
-    tensors = {k: load(blobs[f"{k}.safetensors"]) for k in TENSOR_FILES}
+    try:
+        record = json.loads(blobs["case.json"])
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{case_dir / 'case.json'}: expected JSON, got {exc_text(exc)}") from None
+    tensors = {k: parse_safetensors(blobs[f"{k}.safetensors"], path=str(case_dir / f"{k}.safetensors"))[0]
+               for k in TENSOR_FILES}
+    _check_case_sizes(case_dir, record, tensors)
     return VectorCase(record, tensors)
+
+
+MAX_CASE_OUTPUT = 1 << 26  # B x T x D of one case's reference output (512 MiB of float64); the golden ones are tiny
+
+
+def _check_case_sizes(case_dir: Path, record: object, tensors: dict[str, dict[str, np.ndarray]]) -> None:
+    """What a case's files say against caps, before the reference allocates anything from them."""
+    if not isinstance(record, dict) or not isinstance(record.get("module"), str) or "tolerance" not in record:
+        raise CheckpointError(f"{case_dir / 'case.json'}: expected an object with module and tolerance, got "
+                              "something else")
+    indices, table = tensors["inputs"].get("indices"), tensors["params"].get("embedding.weight")
+    if indices is None or indices.ndim != 2 or indices.dtype.kind not in "iu":
+        raise CheckpointError(f"{case_dir / 'inputs.safetensors'}: expected integer indices of rank 2, got "
+                              f"{'none' if indices is None else f'{indices.dtype} of shape {indices.shape}'}")
+    if table is None or table.ndim != 2:
+        raise CheckpointError(f"{case_dir / 'params.safetensors'}: expected an embedding.weight of rank 2, got "
+                              f"{'none' if table is None else f'shape {table.shape}'}")
+    if indices.size * table.shape[1] > MAX_CASE_OUTPUT:
+        raise CheckpointError(f"{case_dir / 'inputs.safetensors'}: expected at most {MAX_CASE_OUTPUT} output "
+                              f"elements, got indices {indices.shape} x token_dim {table.shape[1]}")
 
 
 def load_source(vectors_dir: str | Path, name: str) -> dict[str, np.ndarray]:

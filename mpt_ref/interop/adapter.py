@@ -24,16 +24,17 @@ from mpt_ref.io.adapter_files import (
     ENCODER_NAME,
     FACTOR_KEYS,
     TABLE_KEY,
-    weights_file,
+    read_adapter_bytes,
 )
-from mpt_ref.io.checkpoint import check_finite, read_tensors
+from mpt_ref.io.checkpoint import check_finite, parse_tensors
 from mpt_ref.modules.base import Module, register_adapter_loader
 from mpt_ref.modules.config import (
     MultitaskPromptTuningConfig,
     MultitaskPromptTuningInit,
     PromptEncoderConfig,
     PromptTuningConfig,
-    load_config,
+    check_state_shapes,
+    config_from_json,
 )
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
@@ -50,13 +51,16 @@ def load_peft_adapter(path: str | os.PathLike, *, full_encoder: bool = False, dt
     Unlike PEFT (spec/differences.md #22), an MPT source-init config does not need its source file to exist: the
     saved factors replace the init anyway, so none is run. Missing factors are an error here, where
     PEFT silently keeps a random init. Extra keys (``modules_to_save`` entries of the base model) are
-    ignored with a warning.
+    ignored with a warning. The config and the weights always come from one save, even while another
+    thread or process saves into ``path`` (io/adapter_files.py).
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path: expected a PEFT adapter directory (str or os.PathLike), got "
+                              f"{type(path).__name__}")
     directory = Path(path)
-    if not directory.is_dir():
-        raise CheckpointError(f"path: expected a PEFT adapter directory, got {directory}")
-    config = load_config(directory / CONFIG_NAME)
-    tensors = read_tensors(weights_file(directory))
+    files = read_adapter_bytes(directory, encoder=full_encoder)
+    config = config_from_json(files.config, directory / CONFIG_NAME)
+    tensors = parse_tensors(files.weights, files.weights_path)
     check_finite(tensors, str(directory))
     if TABLE_KEY not in tensors:
         raise CheckpointError(f"{directory}: expected key {TABLE_KEY!r}, got keys {sorted(tensors)}")
@@ -78,7 +82,7 @@ def load_peft_adapter(path: str | os.PathLike, *, full_encoder: bool = False, dt
         module = PromptEmbedding(dataclasses.replace(config, inference_mode=True), dtype=dtype)
     elif isinstance(config, PromptEncoderConfig):
         if full_encoder:
-            return _load_full_encoder(directory, config, dtype)
+            return _load_full_encoder(directory, config, files.encoder, dtype)
         warnings.warn(f"{directory}: P-tuning adapters hold the encoder output only; loaded as an inference-mode "
                       "prompt table (PromptEncoder.inference_mode=True)", UserWarning, stacklevel=2)
         module = PromptEncoder(dataclasses.replace(config, inference_mode=True), dtype=dtype)
@@ -109,13 +113,14 @@ def _check_shapes_before_building(directory: Path, config: Any, tensors: dict[st
                                   f"{tuple(tensors[key].shape)}")
 
 
-def _load_full_encoder(directory: Path, config: PromptEncoderConfig, dtype: Any) -> PromptEncoder:
+def _load_full_encoder(directory: Path, config: PromptEncoderConfig, data: bytes | None, dtype: Any) -> PromptEncoder:
     path = directory / ENCODER_NAME
-    if not path.is_file():
+    if data is None:
         raise CheckpointError(f"{directory}: expected {ENCODER_NAME} (written by mpt-ref's save_pretrained) for "
                               "full_encoder=True, got none; PEFT saves the prompt table only")
-    tensors = read_tensors(path)
+    tensors = parse_tensors(data, path)
     check_finite(tensors, str(path))
+    check_state_shapes(config, tensors, str(path))  # before the encoder (and its init) is allocated
     module = PromptEncoder(dataclasses.replace(config, inference_mode=False), dtype=dtype)
     module.load_state_dict(tensors, strict=True)
     return module

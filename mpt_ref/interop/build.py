@@ -12,8 +12,10 @@ from mpt_ref.io.checkpoint import read_tensors
 from mpt_ref.modules.config import (
     MultitaskPromptTuningConfig,
     PromptEncoderConfig,
+    PromptLearningConfig,
     PromptTuningConfig,
     TaskType,
+    check_state_shapes,
     load_config,
 )
 from mpt_ref.kind import Kind
@@ -42,10 +44,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return tensors
 
 
-def build_module(config_path: str | None, checkpoint: str | None, kind: Kind | str, seed: int) -> Any:
-    """The module the command exports / checks (see the module docstring)."""
-    config = load_config(config_path) if config_path else DEFAULT_CONFIGS[Kind.parse(kind)]()
-    state = read_checkpoint(checkpoint) if checkpoint else None
+def build_module(config_path: str | None, checkpoint: str | None, kind: Kind | str, seed: int, *,
+                 config: PromptLearningConfig | None = None, state: dict[str, Any] | None = None) -> Any:
+    """The module the command exports / checks (see the module docstring); ``config`` and ``state``
+    given directly take the place of ``config_path`` and ``checkpoint``. The checkpoint's shapes are
+    compared with the config's before the module (and its init) is allocated."""
+    if config is None:
+        config = load_config(config_path) if config_path else DEFAULT_CONFIGS[Kind.parse(kind)]()
+    if state is None and checkpoint:
+        state = read_checkpoint(checkpoint)
+    if state is not None:
+        check_state_shapes(config, state, str(checkpoint or "weights"))
     if isinstance(config, PromptEncoderConfig):
         # PEFT writes inference_mode=true into every saved config, so the flag says nothing here: the
         # heads are built unless the checkpoint holds the prompt table alone (a PEFT adapter file).

@@ -21,10 +21,11 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
-from mpt_ref.errors import InputError, OutputExistsError, shown
+from mpt_ref.errors import InputError, MptRefError, OutputExistsError, WriteError, shown
 
 TMP_SUFFIX = ".mpt-ref-tmp"
 
@@ -100,6 +101,29 @@ def _write_synced(path: Path, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def _through_link(path: Path) -> Path:
+    """A symlink is kept, never replaced: the file it points to is written, and that must be a regular
+    file (``/dev/stdout`` -> a pipe or terminal is refused, not turned into a file)."""
+    if not path.is_symlink():
+        return path
+    try:
+        st = path.stat()
+    except OSError:
+        raise OutputExistsError(f"{path}: expected a regular file to write, got a symlink to nothing (not "
+                                "replaced)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputExistsError(f"{path}: expected a regular file to write, got a symlink to "
+                                f"{'a directory' if stat.S_ISDIR(st.st_mode) else 'a device, FIFO or socket'} "
+                                "(not replaced; '-' writes to stdout)")
+    return Path(os.path.realpath(path))
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """What ``atomic_write_bytes(path, overwrite=True)`` would refuse about the path itself, checked before
+    any work: a directory, device, FIFO or socket (or a symlink to one), a path under an existing file."""
+    _check_target(_through_link(Path(path)))
+
+
 def _check_target(path: Path) -> None:
     """An output path must be a regular file (or new), under directories (or new ones): never a device,
     FIFO or directory replaced by a rename, never a path under an existing file."""
@@ -124,11 +148,30 @@ def _check_target(path: Path) -> None:
             break
 
 
+@contextmanager
+def _writing(path: object) -> Iterator[None]:
+    """An OSError while writing (read-only filesystem, full disk, a name over the filesystem's limit) as one
+    WriteError naming the path; the old files are intact (nothing was swapped in)."""
+    try:
+        yield
+    except MptRefError:
+        raise
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise WriteError(exc.errno, f"{shown(path)}: expected a writable location, got {reason} (nothing was "
+                                    "changed)") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; refuse an existing file unless ``overwrite``."""
-    path = Path(path)
+    with _writing(path):
+        return _write_bytes(Path(path), data, overwrite)
+
+
+def _write_bytes(path: Path, data: bytes, overwrite: bool) -> Path:
     if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path}: expected a new file, got an existing one (pass overwrite=True / --force)")
+    path = _through_link(path)
     _check_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _sweep(path.parent, path.name)
@@ -171,7 +214,14 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
     If ``directory`` exists, ``check_existing(directory)`` is called first (it raises to refuse), and the
     existing entries for which ``keep(entry)`` is true and that ``files`` does not replace are carried over
     (hard links, so nothing is copied and nothing can be lost); every other entry goes with the old set.
+    A directory another writer creates meanwhile is treated as existing (``check_existing`` judges it).
     """
+    with _writing(directory):
+        return _write_directory(directory, files, keep, check_existing)
+
+
+def _write_directory(directory: str | os.PathLike, files: Mapping[str, bytes], keep: Callable[[Path], bool] | None,
+                     check_existing: Callable[[Path], None] | None) -> Path:
     if "\0" in os.fspath(directory):
         raise InputError(f"path: expected no NUL character, got {shown(os.fspath(directory))!r}")
     directory = Path(os.path.realpath(directory))  # a symlinked target: write where it points, keep the link
@@ -192,6 +242,19 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
             if target.parent != stage:
                 target.parent.mkdir(parents=True, exist_ok=True, mode=0o777 & ~umask)
             _write_synced(target, data, 0o666 & ~umask)
+        if not exists:
+            for sub in _dirs(stage):
+                _fsync_dir(sub)
+            try:
+                os.rename(stage, directory)
+                swapped = True
+                stage = None  # type: ignore[assignment]
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                exists = True  # another writer made the directory meanwhile: judged as an existing one
+                if check_existing is not None:
+                    check_existing(directory)
         if exists:
             if keep is not None:
                 _carry_over(directory, stage, keep, skip={Path(rel).parts[0] for rel in files})
@@ -205,12 +268,6 @@ def atomic_write_directory(directory: str | os.PathLike, files: Mapping[str, byt
                 os.rename(directory, old)
                 os.rename(stage, directory)
                 stage, swapped = old, True
-        else:
-            for sub in _dirs(stage):
-                _fsync_dir(sub)
-            os.rename(stage, directory)
-            swapped = True
-            stage = None  # type: ignore[assignment]
         _fsync_dir(directory.parent)
     finally:
         if stage is not None:

@@ -22,6 +22,9 @@ from mpt_ref.errors import CheckpointError, shown
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.limits import MAX_BYTES, bf16_to_float32, exc_text, read_regular_file
 
+MAX_HEADER_BYTES = 100 << 20   # safetensors' own header limit (100 MB): the header read never goes past it
+MAX_TENSORS = 1 << 16          # tensors in one file: a whole model has thousands, an adapter one to three
+
 # safetensors dtype names -> NumPy dtypes (little-endian). BF16 is widened to float32 exactly.
 SAFETENSORS_DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"),
@@ -41,6 +44,7 @@ def parse_safetensors(data: bytes, *, path: str = "<bytes>") -> tuple[dict[str, 
 
     if not isinstance(data, bytes):
         data = bytes(data)
+    _count_tensors(data, path)
     try:
         flat = deserialize(data)  # validates header length, JSON, dtypes, shapes, offsets, coverage
     except SafetensorError as exc:
@@ -66,6 +70,45 @@ def parse_safetensors(data: bytes, *, path: str = "<bytes>") -> tuple[dict[str, 
     return out, dict(metadata)
 
 
+def _count_tensors(data: bytes, path: str) -> None:
+    """Refuse more than MAX_TENSORS tensors from the header's bytes, before the library builds one
+    object per tensor (10**6 empty tensors in a 60 MB file took 2.4 GB). Every tensor needs its own JSON
+    object, and a brace outside a string cannot be escaped, so the braces outside strings bound the count."""
+    if len(data) < 8:
+        return  # the library reports it
+    n = min(int.from_bytes(data[:8], "little"), MAX_HEADER_BYTES, len(data) - 8)
+    header = data[8 : 8 + n]
+    if header.count(b"{") <= MAX_TENSORS + 2:
+        return  # fast path: not even that many braces
+    objects = _braces_outside_strings(header) - 1  # less the header object itself
+    if objects > MAX_TENSORS + 1:  # one more: the __metadata__ object
+        raise _fail(path, f"a header of about {objects} tensors (expected at most {MAX_TENSORS} in one file)")
+
+
+def _braces_outside_strings(text: bytes) -> int:
+    """``{`` outside JSON strings, in one pass and constant memory (a regex restarting at every quote of an
+    unterminated string would take quadratic time; re.sub of 10**6 strings took 1 GB). The rest of an
+    unterminated string (invalid JSON, refused by the library) is counted as if outside: an upper bound."""
+    braces, pos = 0, 0
+    while True:
+        start = text.find(b'"', pos)
+        if start < 0:
+            return braces + text.count(b"{", pos)
+        braces += text.count(b"{", pos, start)
+        end = start + 1
+        while True:  # the closing quote: one preceded by an even number of backslashes
+            end = text.find(b'"', end)
+            if end < 0:
+                return braces + text.count(b"{", start)
+            slashes = end - 1
+            while text[slashes] == 0x5C:  # 0x5C: backslash; text[start] is a quote, so this stops
+                slashes -= 1
+            if (end - 1 - slashes) % 2 == 0:
+                break
+            end += 1
+        pos = end + 1
+
+
 def read_safetensors(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     path = Path(path)
     data = read_regular_file(path, max_bytes, CheckpointError, "checkpoint file")
@@ -76,13 +119,26 @@ def read_tensors(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> dict
     """Tensors of a ``.safetensors`` file, or of a PyTorch ``.bin``/``.pt``/``.pth`` zip checkpoint
     (read without torch and without executing anything)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return read_safetensors(path, max_bytes=max_bytes)[0]
-    if path.suffix in (".bin", ".pt", ".pth"):
-        from mpt_ref.io.torch_pickle import read_torch_checkpoint
+    _check_suffix(path)
+    return parse_tensors(read_regular_file(path, max_bytes, CheckpointError, "checkpoint file"), path,
+                         max_bytes=max_bytes)
 
-        return read_torch_checkpoint(path, max_bytes=max_bytes)
-    raise CheckpointError(f"{path}: expected a .safetensors or PyTorch .bin/.pt/.pth file, got suffix {path.suffix!r}")
+
+def _check_suffix(path: Path) -> None:
+    if path.suffix not in (".safetensors", ".bin", ".pt", ".pth"):
+        raise CheckpointError(f"{path}: expected a .safetensors or PyTorch .bin/.pt/.pth file, got suffix "
+                              f"{path.suffix!r}")
+
+
+def parse_tensors(data: bytes, path: str | os.PathLike, *, max_bytes: int = MAX_BYTES) -> dict[str, np.ndarray]:
+    """``read_tensors`` of bytes already read; ``path``'s suffix names the format."""
+    path = Path(path)
+    _check_suffix(path)
+    if path.suffix == ".safetensors":
+        return parse_safetensors(data, path=str(path))[0]
+    from mpt_ref.io.torch_pickle import parse_torch_checkpoint
+
+    return parse_torch_checkpoint(data, path=str(path), max_bytes=max_bytes)
 
 
 def check_finite(tensors: Mapping[str, np.ndarray], path: str) -> None:

@@ -38,18 +38,20 @@ def exc_text(exc: BaseException) -> str:
 
 
 def read_regular_file(path: str | os.PathLike, max_bytes: int, error: Callable[[str], Exception],
-                      what: str = "file") -> bytes:
+                      what: str = "file", *, dir_fd: int | None = None) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``, read exactly to its size.
 
     Opened non-blocking (a FIFO neither hangs the open nor gets read), then checked with ``fstat`` on the
     open descriptor (no race with a rename): anything but a regular file (FIFO, socket, device such as a
     symlink to /dev/zero, directory) is refused before a byte is read, and so is a size over the cap.
-    ``error(message)`` builds the exception raised (CheckpointError or ConfigError)."""
+    ``error(message)`` builds the exception raised (CheckpointError or ConfigError). With ``dir_fd`` (an
+    open directory), ``path.name`` is opened relative to that directory, whatever ``path`` names now."""
     path = Path(path)
     if "\0" in str(path):
         raise error(f"{shown(path)!r}: expected a path without NUL characters, got one")
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path.name, flags, dir_fd=dir_fd) if dir_fd is not None else os.open(path, flags)
     except FileNotFoundError:
         raise error(f"{path}: expected an existing {what}, got a missing path") from None
     except IsADirectoryError:

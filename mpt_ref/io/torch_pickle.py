@@ -391,8 +391,11 @@ def parse_torch_checkpoint(data: bytes, *, path: str = "<bytes>", max_bytes: int
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             _check_zip_structure(data, zf, path)
             return _read_archive(zf, path, max_bytes, stored_dtypes)
-    except CheckpointError:
-        raise
+    except CheckpointError as exc:  # the pickle's refusals name the tensor or opcode: add the file
+        text = str(exc)
+        if text.startswith(f"{path}:"):
+            raise
+        raise CheckpointError(f"{path}: {text}") from None
     except RecursionError:
         raise CheckpointError(f"{path}: expected a pickled dict of tensors, got a structure nested too deep") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, ValueError, TypeError,

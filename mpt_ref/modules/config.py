@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mpt_ref import _checks
-from mpt_ref.errors import ConfigError
+from mpt_ref.errors import CheckpointError, ConfigError, shown
 from mpt_ref.io.adapter_files import CONFIG_NAME
 from mpt_ref.io.atomic import atomic_write_bytes
 from mpt_ref.io.limits import MAX_CONFIG_BYTES, exc_text, read_regular_file
@@ -80,8 +80,37 @@ def _enum(name: str, value: Any, choices: type[enum.Enum] | tuple[type[enum.Enum
     raise ConfigError(f"{name}: expected one of {allowed}, got {value!r}")
 
 
+MAX_SIZE = 1 << 24    # every size field (tokens, widths, tasks, ranks, heads, ...): far beyond any real prompt
+MAX_LAYERS = 1 << 10  # encoder_num_layers: PEFT's default is 2; each layer is a step of the Python loop
+
+
+def _size(name: str, value: Any, minimum: int = 1, maximum: int = MAX_SIZE) -> int:
+    value = _checks.positive_int(name, value, minimum=minimum)
+    if value > maximum:
+        raise ConfigError(f"{name}: expected at most {maximum}, got {value}")
+    return value
+
+
 def _optional_int(name: str, value: Any, minimum: int = 1) -> int | None:
-    return None if value is None else _checks.positive_int(name, value, minimum=minimum)
+    return None if value is None else _size(name, value, minimum=minimum)
+
+
+def _check_text(name: str, value: Any, depth: int = 0) -> None:
+    """Strings (also inside lists and dicts) must be valid Unicode: JSON's "\ud800" (a lone surrogate)
+    loads in Python but can never be written back as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{name}: expected valid Unicode text, got a lone surrogate in "
+                              f"{shown(value.encode('utf-8', 'backslashreplace').decode(), 80)!r}") from None
+    elif isinstance(value, (list, tuple)) and depth < 8:
+        for v in value:
+            _check_text(name, v, depth + 1)
+    elif isinstance(value, dict) and depth < 8:
+        for k, v in value.items():
+            _check_text(name, k, depth + 1)
+            _check_text(name, v, depth + 1)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -105,6 +134,13 @@ class PromptLearningConfig:
     modules_to_save: list[str] | None = None
 
     def __post_init__(self) -> None:
+        self._validate()
+        _cap_model(self)
+
+    def _validate(self) -> None:
+        """Each class checks its own fields (after its parent's); __post_init__ then caps the whole model."""
+        for f in dataclasses.fields(self):
+            _check_text(f.name, getattr(self, f.name))
         self.peft_type = self.PEFT_TYPE
         if self.task_type is not None:
             self.task_type = _enum("task_type", self.task_type, TaskType)
@@ -116,9 +152,7 @@ class PromptLearningConfig:
         self.num_layers = _optional_int("num_layers", self.num_layers)
         if self.num_transformer_submodules is None:  # PEFT fills this only when attached to a model
             self.num_transformer_submodules = 2 if self.task_type == TaskType.SEQ_2_SEQ_LM else 1
-        self.num_transformer_submodules = _checks.positive_int(
-            "num_transformer_submodules", self.num_transformer_submodules
-        )
+        self.num_transformer_submodules = _size("num_transformer_submodules", self.num_transformer_submodules)
         if self.num_virtual_tokens is not None and self.token_dim is not None:
             _cap("num_virtual_tokens x num_transformer_submodules x token_dim (the prompt table)",
                  self.num_virtual_tokens, self.num_transformer_submodules, self.token_dim)
@@ -175,6 +209,7 @@ class PromptLearningConfig:
 
 
 MAX_PARAMETER_ELEMENTS = 1 << 31  # 8 GiB of float32 in one parameter: far beyond any prompt, before any allocation
+MAX_MODEL_ELEMENTS = 1 << 30      # all parameters of one module together: 4 GiB of float32
 
 
 def _cap(what: str, *factors: int) -> None:
@@ -187,6 +222,70 @@ def _cap(what: str, *factors: int) -> None:
         raise ConfigError(f"{what}: expected at most {MAX_PARAMETER_ELEMENTS} elements per parameter, got {n}")
 
 
+def parameter_shapes(config: PromptLearningConfig, *, full_encoder: bool | None = None) -> dict[str, tuple[int, ...]]:
+    """Every state_dict key of the module ``config`` describes, with its shape, in PEFT's order, computed
+    without allocating anything. P-tuning: the full encoder unless ``inference_mode`` (or
+    ``full_encoder=False``: the prompt table alone)."""
+    if config.num_virtual_tokens is None or config.token_dim is None:
+        raise ConfigError(f"config: expected num_virtual_tokens and token_dim, got {config.num_virtual_tokens} "
+                          f"and {config.token_dim}")
+    T, D = config.total_virtual_tokens, config.token_dim
+    shapes: dict[str, tuple[int, ...]] = {"embedding.weight": (T, D)}
+    if isinstance(config, MultitaskPromptTuningConfig):
+        K, R = config.num_tasks, config.num_ranks
+        return {"prefix_task_cols": (K, T, R), "prefix_task_rows": (K, R, D), **shapes}
+    if not isinstance(config, PromptEncoderConfig):
+        return shapes
+    table_only = config.inference_mode if full_encoder is None else not full_encoder
+    if table_only:
+        return shapes
+    H = config.encoder_hidden_size or D
+    if config.encoder_reparameterization_type == PromptEncoderReparameterizationType.LSTM:
+        for k in range(config.encoder_num_layers):
+            width = D if k == 0 else 2 * H
+            for suffix in ("", "_reverse"):
+                shapes[f"lstm_head.weight_ih_l{k}{suffix}"] = (4 * H, width)
+                shapes[f"lstm_head.weight_hh_l{k}{suffix}"] = (4 * H, H)
+                shapes[f"lstm_head.bias_ih_l{k}{suffix}"] = (4 * H,)
+                shapes[f"lstm_head.bias_hh_l{k}{suffix}"] = (4 * H,)
+        widths = (2 * H, 2 * H, D)
+    else:
+        widths = (D, H, H, D)
+    for j, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        shapes[f"mlp_head.{2 * j}.weight"] = (fan_out, fan_in)
+        shapes[f"mlp_head.{2 * j}.bias"] = (fan_out,)
+    return shapes
+
+
+def _cap_model(config: PromptLearningConfig) -> None:
+    """Refuse a module of more than MAX_MODEL_ELEMENTS elements in all: the parameters it would allocate
+    (a P-tuning config in inference mode holds the prompt table only, as PEFT's saved configs say; the
+    same config built with its encoder is capped again then)."""
+    if config.num_virtual_tokens is None or config.token_dim is None:
+        return
+    total = sum(_numel(s) for s in parameter_shapes(config).values())
+    if total > MAX_MODEL_ELEMENTS:
+        raise ConfigError(f"config: expected at most {MAX_MODEL_ELEMENTS} parameter elements in all, got {total} "
+                          f"(num_virtual_tokens={config.num_virtual_tokens}, token_dim={config.token_dim})")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def check_state_shapes(config: PromptLearningConfig, state: dict[str, Any], where: str) -> None:
+    """The shapes of ``state`` (arrays, or anything with a ``shape``) against the module ``config``
+    describes, before that module (and its init) is allocated: a config asking for 46000 x 46000 beside a
+    (3, 4) table costs nothing. Only the keys both have are compared; strict loading checks the rest."""
+    for key, shape in parameter_shapes(config, full_encoder=True).items():
+        if key in state and tuple(state[key].shape) != shape:
+            raise CheckpointError(f"{where}: {key!r}: expected shape {shape} (from the config), got "
+                                  f"{tuple(state[key].shape)}")
+
+
 def _read_json(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
@@ -194,9 +293,15 @@ def _read_json(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists() and not path.is_symlink():
         raise ConfigError(f"config path: expected an {CONFIG_NAME} file, got missing path {path}")
     raw = read_regular_file(path, MAX_CONFIG_BYTES, ConfigError, CONFIG_NAME)  # no FIFO, device, huge file
-    try:
+    return _parse_json(raw, path)
+
+
+def _parse_json(raw: bytes, path: str | os.PathLike) -> dict[str, Any]:
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: expected at most {MAX_CONFIG_BYTES} bytes of config, got {len(raw)}")
+    try:  # ValueError: also an integer of more digits than Python converts (a 5001-digit token_dim)
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise ConfigError(f"{path}: expected JSON, got unreadable text ({exc_text(exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -218,8 +323,8 @@ class PromptTuningConfig(PromptLearningConfig):
     tokenizer_name_or_path: str | None = None
     tokenizer_kwargs: dict | None = None
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _validate(self) -> None:
+        super()._validate()
         self.prompt_tuning_init = _enum("prompt_tuning_init", self.prompt_tuning_init, self.INIT_ENUMS)
         is_text = self.prompt_tuning_init.value == "TEXT"
         if is_text and not self.tokenizer_name_or_path:
@@ -252,13 +357,11 @@ class MultitaskPromptTuningConfig(PromptTuningConfig):
     num_ranks: int | None = 1
     num_tasks: int | None = 1
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.num_ranks = _checks.positive_int("num_ranks", self.num_ranks)
-        self.num_tasks = _checks.positive_int("num_tasks", self.num_tasks)
-        self.prompt_tuning_init_task = _checks.positive_int(
-            "prompt_tuning_init_task", self.prompt_tuning_init_task, minimum=0
-        )
+    def _validate(self) -> None:
+        super()._validate()
+        self.num_ranks = _size("num_ranks", self.num_ranks)
+        self.num_tasks = _size("num_tasks", self.num_tasks)
+        self.prompt_tuning_init_task = _size("prompt_tuning_init_task", self.prompt_tuning_init_task, minimum=0)
         if self.num_virtual_tokens is not None and self.token_dim is not None:
             _cap("num_tasks x total virtual tokens x num_ranks", self.num_tasks, self.total_virtual_tokens, self.num_ranks)
             _cap("num_tasks x num_ranks x token_dim", self.num_tasks, self.num_ranks, self.token_dim)
@@ -289,8 +392,8 @@ class PromptEncoderConfig(PromptLearningConfig):
     encoder_num_layers: int = 2
     encoder_dropout: float = 0.0
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def _validate(self) -> None:
+        super()._validate()
         try:
             self.encoder_reparameterization_type = PromptEncoderReparameterizationType(
                 getattr(self.encoder_reparameterization_type, "value", self.encoder_reparameterization_type)
@@ -301,7 +404,7 @@ class PromptEncoderConfig(PromptLearningConfig):
                 f"MLP (recommended) or LSTM; got {self.encoder_reparameterization_type!r}"
             ) from None
         self.encoder_hidden_size = _optional_int("encoder_hidden_size", self.encoder_hidden_size)
-        self.encoder_num_layers = _checks.positive_int("encoder_num_layers", self.encoder_num_layers)
+        self.encoder_num_layers = _size("encoder_num_layers", self.encoder_num_layers, maximum=MAX_LAYERS)
         p = self.encoder_dropout
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ConfigError(f"encoder_dropout: expected a float in [0, 1), got {p!r}")
@@ -330,3 +433,8 @@ def config_from_dict(data: dict[str, Any]) -> PromptLearningConfig:
 def load_config(path: str | os.PathLike) -> PromptLearningConfig:
     """Read any of the three configs from an ``adapter_config.json`` or its directory."""
     return config_from_dict(_read_json(path))
+
+
+def config_from_json(raw: bytes, path: str | os.PathLike = CONFIG_NAME) -> PromptLearningConfig:
+    """Any of the three configs from the bytes of an ``adapter_config.json`` (``path`` names it in errors)."""
+    return config_from_dict(_parse_json(raw, path))

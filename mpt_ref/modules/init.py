@@ -16,6 +16,7 @@ import numpy as np
 from mpt_ref import _checks
 from mpt_ref._types import Array
 from mpt_ref.errors import CheckpointError, ConfigError, InputError
+from mpt_ref.io.limits import exc_text, read_regular_file
 from mpt_ref.modules.config import (
     MultitaskPromptTuningConfig,
     MultitaskPromptTuningInit,
@@ -71,7 +72,15 @@ def tokenize_init_text(config: PromptTuningConfig) -> list[int]:
             f"tokenizer_name_or_path: expected a local tokenizer.json or a directory holding one, got {path}"
             " (pass init_token_ids=... for tokenizers that are not on disk)"
         )
-    return Tokenizer.from_file(str(path)).encode(config.prompt_tuning_init_text).ids
+    text = read_regular_file(path, MAX_TOKENIZER_BYTES, ConfigError, "tokenizer.json")  # no FIFO, device, huge file
+    try:
+        return Tokenizer.from_str(text.decode("utf-8")).encode(config.prompt_tuning_init_text).ids
+    except Exception as exc:  # noqa: BLE001 - the library raises a bare Exception for a file it cannot read
+        raise ConfigError(f"tokenizer_name_or_path: expected a tokenizer.json the tokenizers library reads, got "
+                          f"{path} ({exc_text(exc)})") from None
+
+
+MAX_TOKENIZER_BYTES = 64 << 20  # a tokenizer.json with a 250k vocabulary is ~20 MB
 
 
 def init_prompt_embedding(
@@ -92,7 +101,11 @@ def init_prompt_embedding(
     if init == "SAMPLE_VOCAB":
         if word_embeddings is None:
             raise InputError("word_embeddings: expected an ndarray (V, D) for SAMPLE_VOCAB init, got None")
-        ids = rng.integers(0, np.shape(word_embeddings)[0], size=T)  # uniform, with replacement
+        rows = np.shape(word_embeddings)[0] if np.ndim(word_embeddings) == 2 else 0
+        if rows < 1:
+            raise InputError(f"word_embeddings: expected a (V, D) vocabulary of V >= 1 rows for SAMPLE_VOCAB init, "
+                             f"got shape {np.shape(word_embeddings)}")
+        ids = rng.integers(0, rows, size=T)  # uniform, with replacement
     else:
         if init_token_ids is None:
             init_token_ids = tokenize_init_text(config)

@@ -83,7 +83,7 @@ class PeftFiles:
         The config needs a ``task_type`` (ConfigError otherwise: PEFT would ignore the prompt).
         Every file is written atomically; if any of them exists, nothing is written unless ``overwrite``."""
         files = self.adapter_files()
-        if not (Path(save_directory) / MODEL_CARD_NAME).exists():
+        if not os.path.exists(Path(save_directory) / MODEL_CARD_NAME):  # False for a path too long: the write says
             files[MODEL_CARD_NAME] = model_card(self.saved_config()).encode()
         return write_adapter_files(save_directory, files, overwrite=overwrite)
 
