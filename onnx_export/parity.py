@@ -274,9 +274,15 @@ def check_parity(
     check_runnable(model)
     meta = metadata(model)
     spec = module_spec(module)
-    variant, dtype = stamped(model, spec)
+    notes = metadata_mismatches(meta, module, spec, here)
+    try:
+        variant, dtype = stamped(model, spec)
+    except InputError as exc:  # a model that cannot take this module's inputs: say which fields differ
+        if not notes:
+            raise
+        raise InputError(f"{exc}; {notes[0]}") from None
     cases = parity_cases(spec, variant, batch=batch, seed=seed)
     for provider in providers:
         check_provider(provider)
     comparisons = run_cases(model, spec, cases, providers, dtype=dtype, variant=variant, timeout=timeout)
-    return ParityReport(spec.module_name, variant, dtype, comparisons, notes=metadata_mismatches(meta, module, spec, here))
+    return ParityReport(spec.module_name, variant, dtype, comparisons, notes=notes)

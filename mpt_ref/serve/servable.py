@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from mpt_ref.errors import ConfigError
-from mpt_ref.io.adapter_files import FACTOR_KEYS, TABLE_KEY, weights_file
-from mpt_ref.io.checkpoint import read_tensors
+from mpt_ref.io.adapter_files import FACTOR_KEYS, TABLE_KEY, read_adapter_bytes
+from mpt_ref.io.checkpoint import parse_tensors
 from mpt_ref.modules.base import HEAD_TASK_TYPES
 
 PROMPT_KEYS = (TABLE_KEY, *FACTOR_KEYS)
@@ -32,7 +32,8 @@ PROMPT_KEYS = (TABLE_KEY, *FACTOR_KEYS)
 
 def extra_adapter_keys(directory: str | os.PathLike) -> list[str]:
     """The keys of an adapter directory's weights file that are not prompt parameters."""
-    return sorted(set(read_tensors(weights_file(Path(directory)))) - set(PROMPT_KEYS))
+    files = read_adapter_bytes(directory)  # one save's weights, as the loader reads them
+    return sorted(set(parse_tensors(files.weights, files.weights_path)) - set(PROMPT_KEYS))
 
 
 def check_servable(module: Any, adapter_dir: str | os.PathLike | None = None) -> None:
