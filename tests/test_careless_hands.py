@@ -472,3 +472,24 @@ def test_random_adapter_configs_load_or_raise_mpt_ref_errors(tmp_path, peft_type
         module.save_pretrained(tmp_path / "again", overwrite=True)
     except mpt_ref.MptRefError:
         pass
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3", "99999999999"])
+def test_a_bad_MPT_REF_THREADS_is_one_line_from_the_first_call_not_a_failed_import(value):
+    """Before: the variable was read at import, so `import mpt_ref` (and every command) died with a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MPT_REF_THREADS": value}
+    code = ("import numpy as np, mpt_ref\n"
+            "from mpt_ref import MultitaskPromptEmbedding, MultitaskPromptTuningConfig\n"
+            "m = MultitaskPromptEmbedding(MultitaskPromptTuningConfig(task_type='CAUSAL_LM', num_virtual_tokens=2,"
+            " token_dim=3, num_tasks=2), seed=0)\n"
+            "try:\n    m.forward(np.tile(np.arange(2), (2, 1)), np.array([0, 1]))\n"
+            "except mpt_ref.InputError as exc:\n    print('refused:', exc)\n")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("refused: MPT_REF_THREADS: expected an integer"), run
+    cli = subprocess.run([sys.executable, "-m", "mpt_ref", "demo"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert cli.returncode == 2 and "MPT_REF_THREADS" in cli.stderr and "Traceback" not in cli.stderr, cli

@@ -27,6 +27,7 @@ import numpy as np
 from mpt_ref import _checks
 from mpt_ref._types import Array, IntArray, Params
 from mpt_ref.errors import CheckpointError, shown
+from mpt_ref.kernels.parallel import threads
 from mpt_ref.kernels.reuse import LastForward, owned
 from mpt_ref.modules.peft_files import HEAD_TASK_TYPES, PeftFiles, register_adapter_loader
 
@@ -163,6 +164,7 @@ class Module(PeftFiles):
         raise NotImplementedError
 
     def _forward(self, *inputs: Any, **kwargs: Any) -> np.ndarray:
+        threads()  # every call checks MPT_REF_THREADS (read on first use), whether or not its sizes use the pool
         prepared = owned(self._prepare(*inputs, draw=True, **kwargs))
         out, cache = self._forward_core(prepared)
         self._last = LastForward(self._version, prepared, cache)
@@ -172,6 +174,7 @@ class Module(PeftFiles):
         return _checks.float_array("dout", dout, self._out_shape(prepared), self.dtype)
 
     def _backward(self, dout: Any, *inputs: Any, **kwargs: Any) -> Params:
+        threads()
         prepared = self._prepare(*inputs, draw=False, **kwargs)
         dout = self._dout(dout, prepared)
         cache = self._last.cache_for(self._version, prepared) if self._last is not None else None
@@ -180,6 +183,7 @@ class Module(PeftFiles):
         return self._backward_core(dout, cache)
 
     def _forward_backward(self, dout: Any, *inputs: Any, **kwargs: Any) -> tuple[np.ndarray, Params]:
+        threads()
         prepared = self._prepare(*inputs, draw=False, **kwargs)
         dout = self._dout(dout, prepared)
         out, cache = self._forward_core(prepared)
