@@ -157,6 +157,16 @@ ROUNDING = {
 # What a candidate of each dtype is judged with: its own rounding plus the float64 reference's.
 CONFORMANCE = {name: r.plus(ROUNDING["float64"]) if name != "float64" else r.plus(r) for name, r in ROUNDING.items()}
 
+# The two float16 classes, by where sums accumulate. float32 accumulation (GPU / MLAS half kernels) is
+# CONFORMANCE["float16"]. float16 accumulation (a framework's own float16 scatter-add, einsum and reductions
+# on CPU: every partial sum rounded to 2^-11): u_acc = u_store = 2^-11. Its worst case γ_n is infinite past
+# n·u >= 1/2 (n >= 512 with the depth slack), where the probabilistic bound λ·√n·u·Σ|terms| alone applies.
+ACCUMULATION = {
+    "float32": CONFORMANCE["float16"],
+    "float16": Rounding(2.0 ** -11, 2.0 ** -11, _C_FN, _DEPTH_SLACK, 6.1e-5, _LAMBDA,
+                        "float16 storage with float16 accumulation").plus(ROUNDING["float64"]),
+}
+
 # Exported ONNX graphs (onnx_export/parity.py, verify --onnx), keyed by (export dtype, provider): the
 # graph's parameters are rounded to the export dtype (inputs_rounded), everything else as for a port.
 # ONNX Runtime's float16 CPU kernels and the float16 ReferenceEvaluator (NumPy) accumulate in float32.
