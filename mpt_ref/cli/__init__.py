@@ -20,7 +20,7 @@ from mpt_ref.errors import MptRefError
 
 # module paths, each with register(subparsers) adding one or more subcommands with set_defaults(func=...)
 COMMANDS = ("mpt_ref.cli.demo", "mpt_ref.cli.verify", "mpt_ref.cli.export", "mpt_ref.cli.inspect", "mpt_ref.cli.bench",
-            "mpt_ref.cli.train_demo", "mpt_ref.cli.export_model")
+            "mpt_ref.cli.train_demo", "mpt_ref.cli.export_model", "mpt_ref.cli.conform")
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INTERNAL, EXIT_PIPE = 0, 1, 2, 3, 141
 
