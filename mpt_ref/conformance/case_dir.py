@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save
 
+from mpt_ref.conformance.case_record import MASK_PREFIX, PROTOCOL, dropout_masks, protocol_fields
 from mpt_ref.errors import CheckpointError
 from mpt_ref.io.checkpoint import read_safetensors
 from mpt_ref.modules.config import config_from_dict
@@ -30,37 +31,14 @@ from mpt_ref.modules.kind import Kind
 from mpt_ref.testing.engine import PortFailure, PortResult, PrecisionClass
 from mpt_ref.testing.strategies import Case
 
-FORMAT = "mpt-ref-conform/1"
-MASK_PREFIX = "dropout_mask_"
-
-
-def sizes(kind: Kind, case: Case) -> dict[str, Any]:
-    """Every size a port needs, none to be guessed from shapes or PEFT's defaults."""
-    cfg = case.config
-    B, T = case.inputs["indices"].shape
-    D = cfg.token_dim
-    out: dict[str, Any] = {"B": int(B), "T": int(T), "D": int(D), "total_virtual_tokens": cfg.total_virtual_tokens}
-    if kind == Kind.MPT:
-        out.update(K=cfg.num_tasks, R=cfg.num_ranks)
-    if kind.is_encoder:
-        out["H"] = cfg.encoder_hidden_size if cfg.encoder_hidden_size is not None else D
-        out["L"] = cfg.encoder_num_layers if kind == Kind.LSTM_ENCODER else 0
-        out["dropout_p"] = cfg.encoder_dropout
-        out["num_dropout_masks"] = len(case.inputs.get("dropout_masks") or [])
-    return out
+FORMAT = PROTOCOL
 
 
 def case_record(name: str, kind: Kind, case: Case, pc: PrecisionClass, gradients: bool) -> dict[str, Any]:
     masks = case.inputs.get("dropout_masks") or []
-    dt = pc.dtype.name
-    return {
-        "format": FORMAT, "name": name, "module": kind.value, "dtype": dt, "accumulation": pc.accumulation,
-        "mode": "train" if masks else "eval", "gradients": gradients,
-        "config": case.config.to_dict(), "sizes": sizes(kind, case),
-        "outputs": {"output": {"dtype": dt, "shape": list(case.dout.shape)},
-                    "grads": {k: {"dtype": dt, "shape": list(v.shape)} for k, v in case.params.items()}
-                    if gradients else {}},
-    }
+    fields = protocol_fields(kind, case.config, case.params, case.inputs["indices"].shape, len(masks), pc.dtype.name,
+                             pc.accumulation, gradients)
+    return {"format": FORMAT, "name": name, **{k: v for k, v in fields.items() if k != "protocol"}}
 
 
 def case_tensors(kind: Kind, case: Case) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -124,7 +102,7 @@ def case_from_tensors(record: dict[str, Any], params: dict[str, np.ndarray], inp
     ins: dict[str, Any] = {"indices": inputs["indices"]}
     if "task_ids" in inputs:
         ins["task_ids"] = inputs["task_ids"]
-    masks = [inputs[f"{MASK_PREFIX}{k}"] for k in range(sum(k.startswith(MASK_PREFIX) for k in inputs))]
+    masks = dropout_masks(inputs)
     if masks:
         ins["dropout_masks"] = masks
     return kind, Case(cfg, dict(params), ins, inputs["grad_output"])

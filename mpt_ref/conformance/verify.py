@@ -21,14 +21,14 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from mpt_ref.conformance.case_dir import MASK_PREFIX
+from mpt_ref.conformance.case_record import dropout_masks
 from mpt_ref.conformance.vectors import read_case, read_index
 from mpt_ref.errors import InputError
 from mpt_ref.io.checkpoint import read_tensors
 from mpt_ref.io.limits import read_regular_file
 from mpt_ref.modules.bounds import TensorCheck, check_tensor, expected
 from mpt_ref.modules.kind import Kind
-from mpt_ref.testing import engine
+from mpt_ref.tolerances import ACCUMULATION, CONFORMANCE, Rounding
 
 
 class Verification(NamedTuple):
@@ -98,13 +98,43 @@ def check_candidate_dir(candidate_dir: str | Path, names: list[str]) -> Path:
     return path
 
 
-def _case_setup(record: dict, tensors: dict) -> tuple[Kind, engine.PrecisionClass, dict, Any, list | None]:
+class Judged(NamedTuple):
+    """How a vector case is judged: its dtype and precision class (float16: by accumulation)."""
+
+    dtype: np.dtype
+    accumulation: str
+    rounding: Rounding
+
+    @property
+    def name(self) -> str:
+        return f"float16 storage, {self.accumulation} accumulation" if self.dtype == np.float16 else self.dtype.name
+
+    def other(self) -> Judged | None:
+        if self.dtype != np.float16:
+            return None
+        acc = "float16" if self.accumulation == "float32" else "float32"
+        return Judged(self.dtype, acc, ACCUMULATION[acc])
+
+
+def judged_as(record: dict) -> Judged:
+    dt = str(record.get("dtype"))
+    if dt not in CONFORMANCE:
+        raise InputError(f"case {record.get('name')!r}: dtype: expected one of {sorted(CONFORMANCE)}, got {dt!r}")
+    if dt != "float16":
+        return Judged(np.dtype(dt), dt, CONFORMANCE[dt])
+    acc = str(record.get("accumulation") or "float32")
+    if acc not in ACCUMULATION:
+        raise InputError(f"case {record.get('name')!r}: accumulation: expected one of {sorted(ACCUMULATION)}, got {acc!r}")
+    return Judged(np.dtype(dt), acc, ACCUMULATION[acc])
+
+
+def _case_setup(record: dict, tensors: dict) -> tuple[Kind, Judged, dict, Any, list | None]:
     """(kind, precision class, inputs, dout, dropout scales) of a vector case."""
     kind = Kind.parse(record["module"])
-    pc = engine.precision_class(record["dtype"], record.get("accumulation") if record["dtype"] == "float16" else None)
+    pc = judged_as(record)
     ins = tensors["inputs"]
     inputs = {k: v for k, v in ins.items() if k in ("indices", "task_ids")}
-    masks = [ins[f"{MASK_PREFIX}{k}"] for k in range(sum(k.startswith(MASK_PREFIX) for k in ins))]
+    masks = dropout_masks(ins)
     p = float(record.get("config", {}).get("encoder_dropout", 0.0) or 0.0)
     scales = [m.astype(np.float64) / (1 - p) for m in masks] if masks else None
     return kind, pc, inputs, ins["grad_output"], scales
@@ -115,7 +145,7 @@ def _missing(tensor: str, where: str, found: Any) -> str:
     return f"missing key {tensor!r} in {where} (keys found: {keys[:12]}{' ...' if len(keys) > 12 else ''})"
 
 
-def _with_class_hint(checks: list[TensorCheck], pc: engine.PrecisionClass, ex_other: Any, got: dict) -> list:
+def _with_class_hint(checks: list[TensorCheck], pc: Judged, ex_other: Any, got: dict) -> list:
     """float16: a numerically failing tensor that the other accumulation class passes says so."""
     out = []
     for c in checks:
@@ -167,15 +197,16 @@ def verify_case(vectors_dir: str | Path, name: str, cand: Path, *, forward_only:
     return checks
 
 
-def vector_case(vectors_dir: str | Path, name: str) -> tuple[Kind, engine.PrecisionClass, Any]:
-    """A vector case as an engine case (for running a port process on it)."""
+def vector_case(vectors_dir: str | Path, name: str) -> tuple[Kind, Any, Any]:
+    """A vector case as an engine case and precision class (for running a port process on it)."""
     from mpt_ref.conformance.case_dir import case_from_tensors
+    from mpt_ref.testing import engine
 
     vc = read_case(vectors_dir, name)
     record = dict(vc.record)
-    kind, pc, _, _, _ = _case_setup(record, vc.tensors)
+    kind, judged, _, _, _ = _case_setup(record, vc.tensors)
     _, case = case_from_tensors(record, vc.tensors["params"], vc.tensors["inputs"])
-    return kind, pc, case
+    return kind, engine.precision_class(judged.dtype, judged.accumulation if judged.dtype == np.float16 else None), case
 
 
 def verify_exec(vectors_dir: str | Path, command: str, *, module: str | Kind | None = None,
@@ -183,6 +214,7 @@ def verify_exec(vectors_dir: str | Path, command: str, *, module: str | Kind | N
                 progress: Callable[[str], None] | None = None) -> Verification:
     """Run a port process on every vector case (of ``module``), twice per case, and judge it."""
     from mpt_ref.conformance.exec_port import ExecPort
+    from mpt_ref.testing import engine
 
     names = selected_cases(vectors_dir, module)
     index = read_index(vectors_dir)["cases"]

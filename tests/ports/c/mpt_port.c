@@ -3,7 +3,8 @@
  * stdin, one per line, writes output.safetensors / grads.safetensors there, and answers "ok" or "error ...".
  *
  * float32 cases are computed in float32: every product and sum is rounded to float (R() below; a float32
- * product or sum evaluated in double and rounded once is the IEEE float32 result).
+ * product or sum evaluated in double and rounded once is the IEEE float32 result). float16 cases: float16
+ * storage (read and written as F16), float32 arithmetic inside (the "float32 accumulation" class).
  *
  * Planted porting bugs for mpt-ref's own tests, chosen with MPT_PORT_BUG=<name>:
  *   mpt_d_tail      MPT: output columns d >= 8 not multiplied by the task prompt (a SIMD loop with no tail)
@@ -15,16 +16,45 @@
  *   mlp_relu_grad   MLP: the ReLU mask forgotten in the backward of the second ReLU
  *   mlp_h_tail      MLP: bias units >= 4 of mlp_head.2 dropped (H > 4 only)
  *   mlp_bias_once   MLP: bias gradients from the first row only
+ *   acc16           both, float16 cases: every product and partial sum rounded to float16 (a port of the
+ *                   "float16 accumulation" class, judged by default as float32 accumulation)
  * Build: cc -std=c99 -O2 -o mpt_port mpt_port.c -lm */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int f32;
+static int prec;  /* 64, 32 or 16: the case dtype */
 static const char *bug = "";
-static double R(double x) { return f32 ? (double)(float)x : x; }
 static int BUG(const char *name) { return strcmp(bug, name) == 0; }
+
+static double round_half(double x) {  /* the nearest float16 value (ties to even), as a double */
+    int e;
+    if (x == 0 || isnan(x) || isinf(x)) return x;
+    frexp(x, &e);                                   /* |x| in [2^(e-1), 2^e): 11 significant bits */
+    int q = e - 11 < -24 ? -24 : e - 11;            /* below 2^-14: subnormal quantum 2^-24 */
+    double r = ldexp(nearbyint(ldexp(x, -q)), q);
+    return fabs(r) > 65504 ? copysign(INFINITY, x) : r;
+}
+static double half_to_double(unsigned h) {
+    int e = (h >> 10) & 31, m = h & 1023;
+    double v = e == 0 ? ldexp(m, -24) : e == 31 ? (m ? NAN : INFINITY) : ldexp(m + 1024, e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+static unsigned double_to_half(double x) {
+    unsigned sign = signbit(x) ? 0x8000 : 0;
+    double a = fabs(round_half(x));
+    int e;
+    if (isnan(a)) return sign | 0x7e00;
+    if (isinf(a)) return sign | 0x7c00;
+    if (a < ldexp(1, -14)) return sign | (unsigned)ldexp(a, 24);  /* subnormal (or zero) */
+    frexp(a, &e);
+    return sign | (unsigned)(e + 14) << 10 | ((unsigned)ldexp(a, 11 - e) & 1023);
+}
+static double R(double x) {
+    if (prec == 64) return x;
+    return prec == 16 && BUG("acc16") ? round_half(x) : (double)(float)x;
+}
 
 static void *pool[256];  /* every allocation of one case, freed when the case is served */
 static int npool;
@@ -65,6 +95,7 @@ static int get(File *f, const char *key, Tensor *t) {
     t->v = A(sizeof(double) * t->n);
     for (long i = 0; i < t->n; i++) {
         if (!strncmp(d, "F32", 3)) { float x; memcpy(&x, data + 4 * i, 4); t->v[i] = x; }
+        else if (!strncmp(d, "F16", 3)) { unsigned short x; memcpy(&x, data + 2 * i, 2); t->v[i] = half_to_double(x); }
         else if (!strncmp(d, "F64", 3)) memcpy(&t->v[i], data + 8 * i, 8);
         else if (!strncmp(d, "I64", 3)) { long long x; memcpy(&x, data + 8 * i, 8); t->v[i] = (double)x; }
         else return -1;
@@ -74,11 +105,12 @@ static int get(File *f, const char *key, Tensor *t) {
 
 /* Write tensors (name, data, shape) as safetensors in the case dtype (or float64 for the wrong_dtype bug). */
 static int save_st(const char *dir, const char *fname, int count, const char **names, Tensor *ts) {
-    int w64 = !f32 || BUG("wrong_dtype"), size = w64 ? 8 : 4;
+    int bits = BUG("wrong_dtype") ? 64 : prec, size = bits / 8;
+    const char *dt = bits == 64 ? "F64" : bits == 32 ? "F32" : "F16";
     char hdr[65536]; long pos = 0, off = 0;
     pos += sprintf(hdr + pos, "{");
     for (int i = 0; i < count; i++) {
-        pos += sprintf(hdr + pos, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", names[i], w64 ? "F64" : "F32");
+        pos += sprintf(hdr + pos, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "", names[i], dt);
         for (int r = 0; r < ts[i].rank; r++) pos += sprintf(hdr + pos, "%s%ld", r ? "," : "", ts[i].shape[r]);
         pos += sprintf(hdr + pos, "],\"data_offsets\":[%ld,%ld]}", off, off + ts[i].n * size);
         off += ts[i].n * size;
@@ -92,7 +124,9 @@ static int save_st(const char *dir, const char *fname, int count, const char **n
     fwrite(len, 1, 8, f); fwrite(hdr, 1, pos, f);
     for (int i = 0; i < count; i++)
         for (long j = 0; j < ts[i].n; j++) {
-            if (w64) fwrite(&ts[i].v[j], 8, 1, f); else { float x = (float)ts[i].v[j]; fwrite(&x, 4, 1, f); }
+            if (bits == 64) fwrite(&ts[i].v[j], 8, 1, f);
+            else if (bits == 32) { float x = (float)ts[i].v[j]; fwrite(&x, 4, 1, f); }
+            else { unsigned short x = (unsigned short)double_to_half(ts[i].v[j]); fwrite(&x, 2, 1, f); }
         }
     return fclose(f);
 }
@@ -218,8 +252,7 @@ static const char *serve(const char *dir) {
     if (!js) return "cannot read case.json";
     char *m = strstr(js, "\"module\": \""), *d = strstr(js, "\"dtype\": \"");
     if (!m || !d) return "case.json without module or dtype";
-    if (!strncmp(d + 10, "float16", 7)) return "float16 is not supported by this port";
-    f32 = !strncmp(d + 10, "float32", 7);
+    prec = !strncmp(d + 10, "float16", 7) ? 16 : !strncmp(d + 10, "float32", 7) ? 32 : 64;
     int grads = strstr(js, "\"gradients\": true") != NULL;
     File pf, inf;
     if (open_st(&pf, dir, "params.safetensors") || open_st(&inf, dir, "inputs.safetensors")) return "cannot read inputs";
