@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from mpt_ref.conformance.case_dir import read_results, write_case_dir
+from mpt_ref.conformance.case_dir import case_files, read_results
 from mpt_ref.errors import InputError, shown
 from mpt_ref.modules.kind import Kind
 from mpt_ref.testing.engine import PortFailure, PortResult, PrecisionClass
@@ -54,6 +54,10 @@ class ExecPort:
         self.root = Path(tempfile.mkdtemp(prefix="mpt-ref-conform-")) if workdir is None else Path(workdir)
         self.root.mkdir(parents=True, exist_ok=True)
         self.calls = 0
+        self.cases = 0
+        self._dir: Path | None = None      # the current case directory, renamed for each new case
+        self._case: Case | None = None     # the case written there (held, so its identity stays unique)
+        self._gradients = False
         self.proc: subprocess.Popen | None = None
         self._stderr: IO[bytes] | None = None
         self._buf = b""
@@ -176,16 +180,35 @@ class ExecPort:
             raise PortFailure("error", f"the port exited with status {rc}{self.stderr_tail()}")
 
     # the engine's port ---------------------------------------------------------------------------------
+    def _case_dir(self, kind: Kind, case: Case, gradients: bool) -> Path:
+        """The directory of ``case``: written once per case (a repeated call finds the same inputs, its
+        previous outputs removed). Directories are renamed and emptied rather than removed and created
+        (much cheaper on common file systems); each new case gets a new name."""
+        if self._dir is not None and self._case is case and self._gradients == gradients:
+            for name in ("output.safetensors", "grads.safetensors"):
+                (self._dir / name).unlink(missing_ok=True)
+            return self._dir
+        self.cases += 1
+        path = self.root / f"case-{self.cases:06d}"
+        if self._dir is None or self.keep:
+            path.mkdir()
+        else:
+            os.rename(self._dir, path)
+            for entry in list(path.iterdir()):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        for fname, data in case_files(f"case-{self.cases}", kind, case, self.pc, gradients).items():
+            (path / fname).write_bytes(data)
+        self._dir, self._case, self._gradients = path, case, gradients
+        return path
+
     def __call__(self, kind: Kind, case: Case, gradients: bool) -> PortResult:
         self.calls += 1
-        case_dir = write_case_dir(self.root / f"case-{self.calls:06d}", f"case-{self.calls}", kind, case, self.pc,
-                                  gradients)
-        try:
-            (self._ask if self.persistent else self._run_once)(case_dir)
-            return read_results(case_dir, gradients)
-        finally:
-            if not self.keep:
-                shutil.rmtree(case_dir, ignore_errors=True)
+        case_dir = self._case_dir(kind, case, gradients)
+        (self._ask if self.persistent else self._run_once)(case_dir)
+        return read_results(case_dir, gradients)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
