@@ -2,7 +2,12 @@
 spec/conform-protocol.md. The C99 port of tests/ports/c (MPT and the MLP encoder) is compiled with the
 system ``cc``; its planted bugs must all be caught, each with its shrunk case written as a vectors folder.
 A Python port process (tests/ports/py_port.py) plays the failure modes: crash, hang, log lines on stdout,
-an error reply, a wrong output key, dropout left on in eval calls."""
+an error reply, a wrong output key, dropout left on in eval calls.
+
+The no-false-alarm measurement (spec/conform-protocol.md records it) is the same test with more cases:
+
+    MPT_REF_CONFORM_EXAMPLES=2000 python -m pytest -q tests/test_conform_exec.py -k the_c_port_conforms
+"""
 
 from __future__ import annotations
 
@@ -169,3 +174,16 @@ def test_case_json_writes_every_config_field(tmp_path):
     assert rec["config"]["encoder_dropout"] == 0.5 and rec["mode"] == "eval" and rec["sizes"]["L"] == 2
     assert rec["sizes"]["H"] == case.config.encoder_hidden_size and rec["outputs"]["output"]["dtype"] == "float32"
     assert isinstance(hs.Case, type)
+
+
+def test_verify_exec_reports_state_kept_between_calls(c_port, capsys, env_bug):
+    env_bug("keep_grads")
+    assert mpt_ref.cli.main(["verify", "--exec", c_port, "--module", "mpt", "--quiet"]) == 1
+    assert "keeps state between calls" in capsys.readouterr().out
+
+
+def test_the_vectors_catch_a_port_left_in_train_mode(capsys):
+    """The eval-mode vector with encoder_dropout = 0.5 and L = 3 fails a port that applies dropout there."""
+    assert mpt_ref.cli.main(["verify", "--exec", py_port("train"), "--module", "lstm_encoder", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "lstm_eval_dropout" in out and "lstm_train_masks" not in out  # explicit masks: the port follows them
