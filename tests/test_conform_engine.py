@@ -216,7 +216,7 @@ def test_module_hint_when_one_kind_passes_and_the_others_fail(tmp_path, capsys):
     cand = write_candidate(tmp_path / "c", selected_cases(VECTORS, "mpt"))
     assert verify("--candidate", str(cand), "--quiet", "--json", str(tmp_path / "r.json")) == 1
     out = capsys.readouterr().out
-    assert "hint: every case of " in out and "pass --module mpt" in out
+    assert "hint: every case of " in out and "--module mpt)" in out
     body = json.loads((tmp_path / "r.json").read_text())
     assert "--module mpt" in body["hint"]
 

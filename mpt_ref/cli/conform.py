@@ -16,7 +16,7 @@ from mpt_ref.cli._args import STDOUT, kind_arg, positive_int, refuse_existing, r
 from mpt_ref.modules.kind import Kind
 
 
-def _positive_float(text: str) -> float:
+def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -115,7 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="drawn cases besides the fixed edge cases (default 200)")
     p.add_argument("--seed", type=seed_int, metavar="S", help="hypothesis seed (default: random, printed)")
     p.add_argument("--forward-only", action="store_true", help="check outputs only (no grad_output-driven gradients)")
-    p.add_argument("--timeout-per-case", type=_positive_float, default=30.0, metavar="S",
+    p.add_argument("--timeout-per-case", type=positive_seconds, default=30.0, metavar="S",
                    help="seconds a port may take for one case (default 30); past it the port is killed and restarted")
     p.add_argument("--per-case", action="store_true",
                    help="start 'CMD CASE_DIR' once per case instead of one persistent process (exit status 0 = ok)")

@@ -14,6 +14,7 @@ from mpt_ref.cli._args import (
     refuse_existing,
     report_stream,
 )
+from mpt_ref.cli.conform import positive_seconds
 from mpt_ref.conformance import report
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.location import default_vectors_dir
@@ -94,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forward-only", action="store_true",
                    help="with --candidate / --exec: check outputs only (gradients are required otherwise)")
     p.add_argument("--quiet", action="store_true", help="with --candidate / --exec: print failures and the summary only")
-    p.add_argument("--timeout-per-case", type=float, default=30.0, metavar="S",
+    p.add_argument("--timeout-per-case", type=positive_seconds, default=30.0, metavar="S",
                    help="with --exec: seconds a port may take for one case (default 30)")
     p.add_argument("--per-case", action="store_true",
                    help="with --exec: start 'CMD CASE_DIR' once per case instead of one persistent process")

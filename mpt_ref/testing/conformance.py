@@ -85,6 +85,7 @@ def assert_conforms(
     rounding: Rounding | None = None,
     max_examples: int | None = None,
     shrink: bool | None = None,
+    repeat: bool = True,
 ) -> None:
     """Assert ``forward`` (and ``backward``) agree with mpt-ref on generated cases of ``module``.
 
@@ -100,7 +101,8 @@ def assert_conforms(
     max_examples / shrink override just that (shrink=False reports the first failing case as found).
     limits: the sizes drawn (``strategies.SizeLimits``). dropout: also draw LSTM train-mode cases with
     explicit dropout masks. seed: a fixed hypothesis seed. rounding: another error model than the one of
-    ``dtype`` (``mpt_ref.tolerances.ROUNDING``).
+    ``dtype`` (``mpt_ref.tolerances.ROUNDING``). repeat: call the port twice per case and require the same
+    bits (False: once).
     """
     __tracebackhide__ = True
     kind = Kind.parse(module)
@@ -108,7 +110,7 @@ def assert_conforms(
     port = engine.callable_port(forward, backward)
     gradients = backward is not None
     outcome = engine.explore(kind, port, pc, settings=settings, limits=limits, dropout=dropout, seed=seed,
-                             max_examples=max_examples, shrink=shrink, gradients=gradients)
+                             max_examples=max_examples, shrink=shrink, gradients=gradients, repeat=repeat)
     if outcome.failure is None:
         return
     f = outcome.failure
