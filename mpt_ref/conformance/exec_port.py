@@ -149,7 +149,12 @@ class ExecPort:
             raise f from None
         if line is None:
             raise self._died("exited without replying")
-        self._reply(line.decode("utf-8", "replace").rstrip("\r"))
+        try:
+            self._reply(line.decode("utf-8", "replace").rstrip("\r"))
+        except PortFailure as f:
+            if f.what == "protocol":  # replies may be out of step now: the next case starts a fresh process
+                self._kill()
+            raise
 
     def _reply(self, text: str) -> None:
         if text == "ok":
