@@ -157,6 +157,10 @@ def test_bad_usage_is_exit_2(tmp_path, capsys):
     assert conform("--exec", py_port("correct"), "--module", "mpt", "--dtype", "bfloat16") == 2
     assert "dtype: expected one of float64, float32, float16, got 'bfloat16'" in capsys.readouterr().err
     assert conform("--exec", "", "--module", "mpt") == 2
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert conform("--exec", py_port("zeros"), "--module", "mpt", "--out", str(tmp_path / "mine")) == 2
+    assert "not replaced" in capsys.readouterr().err and (tmp_path / "mine" / "notes.txt").exists()
 
 
 def test_case_json_writes_every_config_field(tmp_path):

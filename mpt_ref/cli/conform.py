@@ -33,7 +33,7 @@ def _conform(args: argparse.Namespace) -> int:
     from mpt_ref._version import __version__
     from mpt_ref.conformance import report
     from mpt_ref.conformance.exec_port import ExecPort, parse_command
-    from mpt_ref.conformance.failure_vector import rerun_command, write_failure_vector
+    from mpt_ref.conformance.failure_vector import check_failure_dir, rerun_command, write_failure_vector
     from mpt_ref.modules.bounds import TensorCheck
     from mpt_ref.testing import engine
 
@@ -46,6 +46,7 @@ def _conform(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     gradients = not args.forward_only
     out_dir = Path(args.out or f"conform-failure-{kind.value}-{pc.dtype.name}")
+    check_failure_dir(out_dir)
     settings = hsettings(max_examples=args.examples, database=None, deadline=None,
                          suppress_health_check=list(HealthCheck), print_blob=False)
     quiet = args.quiet

@@ -103,6 +103,17 @@ def write_failure_vector(out_dir: str | Path, **kw: Any) -> Path:
     return atomic_write_directory(out_dir, failure_files(**kw), check_existing=_only_failure_folder)
 
 
+def check_failure_dir(path: str | Path) -> None:
+    """Refuse (before any work) an --out that is neither new, empty, a directory, nor a failure folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        from mpt_ref.errors import OutputExistsError
+
+        raise OutputExistsError(f"--out: expected a directory, got an existing file: {path}")
+    if path.is_dir():
+        _only_failure_folder(path)
+
+
 def _only_failure_folder(path: Path) -> None:
     """Replace only a folder this module wrote (index.json + README.md + one case), or an empty one."""
     from mpt_ref.errors import OutputExistsError
