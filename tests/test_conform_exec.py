@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import numpy as np
 import pytest
@@ -69,6 +70,7 @@ def test_the_c_port_conforms(c_port, module, dtype, tmp_path, capsys, env_bug):
                    "--seed", "0", "--json", str(report), "--out", str(tmp_path / "f")) == 0, capsys.readouterr().out
     body = json.loads(report.read_text())
     assert body["verdict"] == "PASS" and body["cases"] >= EXAMPLES and body["mpt_ref_version"]
+    assert body["dtype"] == dtype and body["seed"] == 0 and body["module"] == module
     assert not (tmp_path / "f").exists()
 
 
@@ -92,9 +94,11 @@ def test_planted_c_bug_is_caught_shrunk_and_written_as_a_vector(c_port, bug, tmp
     env_bug(bug)
     out = tmp_path / "failure"
     assert conform("--exec", c_port, "--module", module, "--examples", str(EXAMPLES), "--seed", "0",
-                   "--out", str(out)) == 1
+                   "--out", str(out), "--json", str(tmp_path / "r.json"), "--junit-xml", str(tmp_path / "r.xml")) == 1
     text = capsys.readouterr().out
     assert says in text and "FAIL" in text.splitlines()[-1] and str(out) in text
+    junit = ET.parse(tmp_path / "r.xml").getroot().find("testsuite")
+    assert int(junit.get("failures")) >= 1 and json.loads((tmp_path / "r.json").read_text())["failure_dir"] == str(out)
     index = json.loads((out / "index.json").read_text())
     (name,) = index["cases"]
     case = out / name
