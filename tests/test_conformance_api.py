@@ -110,7 +110,7 @@ def test_settings_and_active_profile_are_respected():
     calls: list = []
     edge = len(hs.edge_examples("mpt"))  # fixed edge-size cases, run before the drawn ones
     assert_conforms(counting(fwd, calls), module="mpt", settings=settings(max_examples=3))
-    assert len(calls) == 3 + edge
+    assert len(calls) == 2 * (3 + edge)  # every case is called twice (state kept between calls is caught)
     calls.clear()
     settings.register_profile("three", max_examples=3)
     settings.load_profile("three")  # what a user's conftest does
@@ -118,7 +118,7 @@ def test_settings_and_active_profile_are_respected():
         assert_conforms(counting(fwd, calls), module="mpt")
     finally:
         settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))  # back to tests/conftest.py's
-    assert len(calls) == 3 + edge
+    assert len(calls) == 2 * (3 + edge)
 
 
 def test_config_is_handed_over_positionally():
@@ -130,7 +130,7 @@ def test_config_is_handed_over_positionally():
         return Port("matmul").mpt_forward(params, indices, task_ids)
 
     assert_conforms(forward, module="mpt", max_examples=5)
-    assert len(seen) == 5 + len(hs.edge_examples("mpt"))  # + the fixed edge-size cases
+    assert len(seen) == 2 * (5 + len(hs.edge_examples("mpt")))  # + the fixed edge-size cases, each called twice
 
 
 def test_output_dtype_shape_and_gradient_keys_are_checked():
@@ -159,7 +159,8 @@ def test_one_message_lists_every_failing_tensor_nearest_the_input_first():
     with pytest.raises(AssertionError) as info:
         assert_conforms(bad_forward, bad_backward, module="mlp_encoder", max_examples=10)
     msg = str(info.value)
-    lines = [ln.strip() for ln in msg.splitlines()[1:]]
+    body = msg.split("\nminimal case:")[0]
+    lines = [ln.strip() for ln in body.splitlines()[1:]]
     names = [ln.split(":")[0] for ln in lines]
     assert names[0] == "output" and len(names) > 2  # every failing tensor, not just the first
 
@@ -167,7 +168,7 @@ def test_one_message_lists_every_failing_tensor_nearest_the_input_first():
         return -1 if name == "grad embedding.weight" else int(name.split(".")[1])
 
     assert names[1:] == sorted(names[1:], key=depth)
-    assert msg.count("Case(") == 0  # the case is printed once, by hypothesis, not in every message
+    assert msg.count("minimal case:") == 1  # the case is printed once, as shapes and small inputs
 
 
 def test_lstm_train_mode_with_dropout_masks_is_exercised():

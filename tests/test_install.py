@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,8 @@ README = (ROOT / "README.md").read_text()
 TIMEOUT = 240  # seconds per command: a stuck command fails the test instead of hanging CI
 
 # every `mpt-ref <command>` the README shows is run below (test_readme_commands_are_all_covered)
-COVERED = {"demo", "verify", "vectors", "export", "parity", "inspect", "train-demo", "bench", "export-model"}
+COVERED = {"demo", "verify", "vectors", "export", "parity", "inspect", "train-demo", "bench", "export-model",
+           "conform"}
 
 
 def _run(cmd: list[str], cwd: Path, env: dict | None = None, ok: bool = True) -> subprocess.CompletedProcess:
@@ -172,6 +174,10 @@ def test_wheel_install_runs_the_readme_from_another_directory(dists, tmp_path):
     assert _run(mpt + ["verify", "--candidate", "EMPTY"], cwd=work, env=env, ok=False).returncode == 2
     (work / "PARTIAL" / "pt_basic").mkdir(parents=True)
     assert _run(mpt + ["verify", "--candidate", "PARTIAL"], cwd=work, env=env, ok=False).returncode == 1
+    # a port process through spec/conform-protocol.md (the tests' Python port: mpt-ref's own core)
+    port = f"{shlex.quote(str(py))} {shlex.quote(str(ROOT / 'tests' / 'ports' / 'py_port.py'))} correct"
+    _run(mpt + ["conform", "--exec", port, "--module", "mpt", "--examples", "3", "--seed", "0"], cwd=work, env=env)
+    _run(mpt + ["verify", "--exec", port, "--module", "mpt", "--quiet"], cwd=work, env=env)
 
     _run(mpt + ["export", "-o", "mpt.onnx", "--variant", "folded"], cwd=work, env=env)
     _run(mpt + ["parity", "mpt.onnx", "--providers", "cpu"], cwd=work, env=env)

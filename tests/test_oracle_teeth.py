@@ -224,6 +224,8 @@ def test_size_bug_is_caught_by_the_vectors(bug, tmp_path):
     kind = Kind.parse(kw["module"])
     for name in selected_cases(VECTORS, kind):
         case = vec.read_case(VECTORS, name)
+        if case.record["dtype"] == "float16" or case.record.get("mode") == "train":
+            continue  # the planted ports are mpt-ref's float32/float64 modules in eval mode
         inputs = case.tensors["inputs"]
         args = [inputs["indices"], inputs["task_ids"]] if kind == Kind.MPT else [inputs["indices"]]
         if kind.is_encoder:

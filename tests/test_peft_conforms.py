@@ -69,3 +69,21 @@ def test_peft_float32_mpt_conforms_at_the_float32_tolerance():
             return module(torch.from_numpy(indices), torch.from_numpy(task_ids)).numpy()
 
     assert_conforms(forward32, module="mpt", dtype=np.float32, max_examples=30)
+
+
+def test_a_peft_encoder_left_in_train_mode_is_caught():
+    """The port built from the whole config (encoder_dropout included) that forgets ``.eval()``: torch's
+    nn.LSTM(dropout=p) drops between layers in what are eval calls. The eval cases with
+    encoder_dropout > 0 and L >= 2 catch it (before they existed, this port passed)."""
+    def forgetful_forward(params, indices, dropout_masks, config):
+        cfg = peft.PromptEncoderConfig(num_virtual_tokens=config.total_virtual_tokens, token_dim=config.token_dim,
+                                       encoder_hidden_size=config.encoder_hidden_size or config.token_dim,
+                                       num_transformer_submodules=1, encoder_num_layers=config.encoder_num_layers,
+                                       encoder_dropout=config.encoder_dropout, encoder_reparameterization_type="LSTM")
+        module = PromptEncoder(cfg).double()  # no .eval()
+        module.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+        with torch.no_grad():
+            return module(torch.from_numpy(indices)).numpy()
+
+    with pytest.raises(AssertionError, match=r"'encoder_num_layers': [23], 'encoder_dropout': 0\.[15]"):
+        assert_conforms(forgetful_forward, module="lstm_encoder", max_examples=20, dropout=False, shrink=False)

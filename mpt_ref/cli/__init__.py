@@ -37,6 +37,9 @@ COMMANDS = {
     "train-demo": ("mpt_ref.cli.train_demo", "MPT end to end: source training (teachers + distillation), target "
                                              "adaptation from each PEFT init vs prompt tuning and P-tuning"),
     "export-model": ("mpt_ref.cli.export_model", "one ONNX model: a PEFT prompt adapter prepended to a base-model graph"),
+    "conform": ("mpt_ref.cli.conform", "property-based conformance of a port in any language: hypothesis-drawn "
+                                       "cases through a process (spec/conform-protocol.md), a failure shrunk and "
+                                       "written as a vector folder"),
 }
 
 EXIT_USAGE, EXIT_INTERNAL, EXIT_PIPE = 2, 3, 141

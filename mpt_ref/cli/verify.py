@@ -18,10 +18,12 @@ from mpt_ref.cli._args import (
     runtime_providers,
 )
 from mpt_ref.errors import InputError
+from mpt_ref.cli.conform import positive_seconds
 from mpt_ref.conformance import report
 from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.location import default_vectors_dir
-from mpt_ref.conformance.verify import verify_directory
+from mpt_ref._version import SPEC_VERSION, __version__
+from mpt_ref.conformance.verify import vectors_digest, verify_directory, verify_exec
 from mpt_ref.modules.kind import Kind
 
 
@@ -66,15 +68,29 @@ def _verify(args: argparse.Namespace) -> int:
                              module=result.module, variant=result.variant, dtype=result.dtype)
         return 0 if result.ok else 1
     vectors = args.vectors if args.vectors is not None else default_vectors_dir()
-    result = verify_directory(vectors, args.candidate, module=args.module, forward_only=args.forward_only,
-                              progress=progress)
+    if args.exec:
+        from mpt_ref.conformance.exec_port import parse_command
+
+        parse_command(args.exec)
+        result = verify_exec(vectors, args.exec, module=args.module, forward_only=args.forward_only,
+                             timeout=args.timeout_per_case, per_case=args.per_case, progress=progress)
+    else:
+        result = verify_directory(vectors, args.candidate, module=args.module, forward_only=args.forward_only,
+                                  progress=progress)
     verdict = ("PASS" if result.ok else "FAIL") + f": {report.summary_line(result.checks)} in {len(result.cases)} cases" + (
         " (forward only: gradients NOT checked)" if result.forward_only else " (outputs and gradients)")
-    print(report.format_table(result.checks), file=out)
+    shown_checks = [c for c in result.checks if not c.ok] if args.quiet else result.checks
+    if shown_checks:
+        print(report.format_table(shown_checks), file=out)
+    hint = result.module_hint()
+    if hint:
+        print(f"hint: {hint}", file=out)
     print(verdict, file=out)
     report.write_reports(result.checks, verdict, json_path=args.json, junit_path=args.junit_xml,
-                         suite="mpt-ref verify --candidate", vectors=str(vectors), cases=result.cases,
-                         forward_only=result.forward_only, module=None if result.module is None else result.module.value)
+                         suite="mpt-ref verify " + ("--exec" if args.exec else "--candidate"), vectors=str(vectors),
+                         vectors_digest=vectors_digest(vectors), mpt_ref_version=__version__,
+                         spec_version=SPEC_VERSION, cases=result.cases, forward_only=result.forward_only,
+                         module=None if result.module is None else result.module.value, hint=hint or None)
     return 0 if result.ok else 1
 
 
@@ -91,12 +107,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="directory with <case>/output.safetensors (key 'output') and <case>/grads.safetensors "
                            "(PEFT keys), one subdirectory per case")
     what.add_argument("--onnx", help="an ONNX model made by anyone (e.g. torch.onnx.export of a PEFT module)")
-    p.add_argument("--vectors", help="with --candidate: vectors directory (default: the golden vectors installed "
+    what.add_argument("--exec", metavar="CMD",
+                      help="a port's command line speaking spec/conform-protocol.md: run on every case, twice (a port "
+                           "whose results change from call to call is reported as keeping state)")
+    p.add_argument("--vectors", help="with --candidate / --exec: vectors directory (default: the golden vectors installed "
                                    "with mpt-ref, a copy of spec/vectors)")
     p.add_argument("--module", type=kind_arg, metavar="KIND",
-                   help=f"with --candidate: check only the cases of this module kind ({', '.join(k.value for k in Kind)})")
+                   help=f"with --candidate / --exec: check only the cases of this module kind ({', '.join(k.value for k in Kind)})")
     p.add_argument("--forward-only", action="store_true",
-                   help="with --candidate: check outputs only (gradients are required otherwise)")
+                   help="with --candidate / --exec: check outputs only (gradients are required otherwise)")
+    p.add_argument("--timeout-per-case", type=positive_seconds, default=30.0, metavar="S",
+                   help="with --exec: seconds a port may take for one case (default 30)")
+    p.add_argument("--per-case", action="store_true",
+                   help="with --exec: start 'CMD CASE_DIR' once per case instead of one persistent process")
     p.add_argument("--json", metavar="PATH", help=f"also write the report as JSON to PATH (atomically; '{STDOUT}' for "
                                                   "stdout, the table then goes to stderr)")
     p.add_argument("--junit-xml", metavar="PATH", help="also write the report as JUnit XML to PATH (CI systems)")

@@ -3,7 +3,9 @@
 A case names a module kind, a config in ``adapter_config.json`` form, a seed, a dtype and the input
 shape. ``build_case`` is the only place that turns a case into arrays: the module is constructed with
 ``seed`` (mpt_ref's init, spec/init.md), inputs and the upstream gradient come from
-``numpy.random.default_rng(seed + 1)`` in a fixed draw order (indices, task ids, dout).
+``numpy.random.default_rng(seed + 1)`` in a fixed draw order (indices, task ids, dout, then the dropout
+keep masks of a train-mode case). float16 cases: the float32 module's parameters rounded to float16,
+judged with the case's ``accumulation`` class (float32: half kernels; float16: float16 reductions).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from mpt_ref.conformance.exact import exact_output_and_grads
+from mpt_ref.conformance.exact_train import lstm_encoder_train
 from mpt_ref.modules.config import config_from_dict
 from mpt_ref.modules.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
@@ -43,6 +46,8 @@ class CaseSpec:
     indices: str = "arange"          # "arange" (PEFT's rows) or "random" (any ids in [0, T), repeats)
     task_ids: tuple[int, ...] | None = None  # MPT only; None draws B ids in [0, K)
     source_tasks: int = 0            # MPT source inits: tasks in the generated source checkpoint
+    accumulation: str | None = None  # float16 only: "float32" (default class) or "float16"
+    train: bool = False              # LSTM train mode: explicit dropout keep masks (inputs dropout_mask_k)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "module", Kind.parse(self.module))
@@ -138,6 +143,33 @@ CASES: tuple[CaseSpec, ...] = (
     CaseSpec("lstm_wide_f32", "lstm_encoder",
              _enc("LSTM", num_virtual_tokens=9, token_dim=33, encoder_hidden_size=16, encoder_num_layers=1),
              "float32, H = 16, D = 33, T = 9, B = 9", dtype="float32", batch=9),
+    # config fields a port can get wrong silently: eval mode with encoder_dropout > 0 (a port left in train
+    # mode drops units between LSTM layers), the MLP with encoder_dropout set (PEFT's MLP has no dropout)
+    CaseSpec("lstm_eval_dropout", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=3, token_dim=4, encoder_hidden_size=3, encoder_num_layers=3,
+                  encoder_dropout=0.5), "eval mode, encoder_dropout = 0.5, L = 3: no dropout applies", batch=4),
+    CaseSpec("mlp_eval_dropout", "mlp_encoder",
+             _enc("MLP", num_virtual_tokens=3, token_dim=4, encoder_hidden_size=5, encoder_dropout=0.5),
+             "encoder_dropout = 0.5 on the MLP: PEFT's MLP head has no dropout"),
+    # train mode with explicit keep masks (inputs dropout_mask_k, kept values x 1/(1 - p))
+    CaseSpec("lstm_train_masks", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=3, token_dim=3, encoder_hidden_size=2, encoder_num_layers=3,
+                  encoder_dropout=0.5), "train mode, L = 3, p = 0.5, explicit dropout masks", train=True),
+    CaseSpec("lstm_train_masks_f32", "lstm_encoder",
+             _enc("LSTM", num_virtual_tokens=4, token_dim=5, encoder_hidden_size=4, encoder_num_layers=2,
+                  encoder_dropout=0.5), "float32 train mode, L = 2, p = 0.5, explicit dropout masks",
+             dtype="float32", batch=5, train=True),
+    # float16 storage, both accumulation classes (case.json "accumulation")
+    CaseSpec("mpt_f16", "mpt", _mpt(num_virtual_tokens=4, token_dim=9, num_tasks=3, num_ranks=2),
+             "float16 storage, float32 accumulation", dtype="float16", task_ids=(2, 0, 2, 1, 1), batch=5,
+             indices="random"),
+    CaseSpec("mpt_f16_acc16", "mpt", _mpt(num_virtual_tokens=4, token_dim=9, num_tasks=3, num_ranks=2),
+             "float16 storage, float16 accumulation", dtype="float16", task_ids=(2, 0, 2, 1, 1), batch=5,
+             indices="random", accumulation="float16"),
+    CaseSpec("mlp_f16", "mlp_encoder", _enc("MLP", num_virtual_tokens=3, token_dim=6, encoder_hidden_size=5),
+             "float16 storage, float32 accumulation", dtype="float16", batch=4),
+    CaseSpec("mlp_f16_acc16", "mlp_encoder", _enc("MLP", num_virtual_tokens=3, token_dim=6, encoder_hidden_size=5),
+             "float16 storage, float16 accumulation", dtype="float16", batch=4, accumulation="float16"),
 )
 
 
@@ -161,10 +193,15 @@ def build_case_module(spec: CaseSpec) -> Any:
             path = Path(tmp) / config["prompt_tuning_init_state_dict_path"]
             save_file(source_tensors(spec), str(path))
             config["prompt_tuning_init_state_dict_path"] = str(path)
-        module = MODULE_CLASSES[spec.module](config_from_dict(config), seed=spec.seed, dtype=np.dtype(spec.dtype))
+        built = np.float32 if spec.dtype == "float16" else np.dtype(spec.dtype)  # no float16 module: rounded below
+        module = MODULE_CLASSES[spec.module](config_from_dict(config), seed=spec.seed, dtype=built)
+    if spec.dtype == "float16":
+        module.load_state_dict({k: v.astype(np.float16).astype(np.float32) for k, v in module.state_dict().items()})
     if spec.source_tasks:  # the config names the source as the case directory has it, not the temp copy
         module.config = dataclasses.replace(module.config, **_SOURCE)
-    return module.eval() if isinstance(module, PromptEncoder) else module
+    if isinstance(module, PromptEncoder):
+        return module.train() if spec.train else module.eval()
+    return module
 
 
 def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -180,6 +217,9 @@ def build_inputs(spec: CaseSpec, module: Any) -> tuple[dict[str, np.ndarray], np
         tasks = spec.task_ids if spec.task_ids is not None else rng.integers(0, module.num_tasks, size=B)
         inputs["task_ids"] = np.asarray(tasks, dtype=np.int64)
     dout = rng.standard_normal((B, T, D)).astype(spec.dtype)
+    if spec.train:
+        p, H = module.config.encoder_dropout, module.config.encoder_hidden_size or D
+        inputs["dropout_masks"] = [rng.random((B, T, 2 * H)) >= p for _ in range(module.num_layers - 1)]
     return inputs, dout
 
 
@@ -193,7 +233,12 @@ def run_reference(spec: CaseSpec) -> dict[str, Any]:
     them within the case tolerance (tests/test_vectors.py)."""
     module = build_case_module(spec)
     inputs, dout = build_inputs(spec, module)
-    params = module.state_dict()
+    params = {k: v.astype(spec.dtype) for k, v in module.state_dict().items()}
     layers = module.num_layers if spec.module == "lstm_encoder" else 0
-    output, grads = exact_output_and_grads(spec.module, params, inputs, dout, num_layers=layers)
+    if spec.train:
+        p = module.config.encoder_dropout
+        scales = [m.astype(np.float64) / (1 - p) for m in inputs["dropout_masks"]]
+        output, grads = lstm_encoder_train(params, inputs["indices"], dout, scales, layers)
+    else:
+        output, grads = exact_output_and_grads(spec.module, params, inputs, dout, num_layers=layers)
     return {"params": params, "inputs": inputs, "dout": dout, "output": output, "grads": grads}

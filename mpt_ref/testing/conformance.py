@@ -26,16 +26,22 @@ task_ids (B,) or (1,) are int64; ``config`` is the PEFT-style config (``num_virt
 ``token_dim``, ``total_virtual_tokens``, ``num_tasks``, ``num_ranks``, ``encoder_hidden_size``,
 ``encoder_num_layers``, ``encoder_dropout`` = p, ``to_dict()``), so no size has to be guessed from shapes.
 
-Each case is judged against the float64 reference, every entry within its own error bound for a
-correct port in ``dtype`` (spec/tolerances.md): the output must have shape (B, T, D) and dtype
-``dtype``, the gradients exactly the parameters' keys (none missing, none extra) with their shapes and
-dtype. A failing case raises one AssertionError listing every failing tensor, the parameters nearest the
-input first (a bug there shows in everything downstream); hypothesis prints the shrunk case once, as
-shapes and small integer inputs.
+Each case is run twice (the two results must be the same bits: a port that keeps state between calls
+or draws random dropout in eval mode is reported as such) and judged against the float64 reference,
+every entry within its own error bound for a correct port in ``dtype`` (spec/tolerances.md): the
+output must have shape (B, T, D) and dtype ``dtype``, the gradients exactly the parameters' keys (none
+missing, none extra) with their shapes and dtype. Torch tensors are accepted (detached, copied to the
+CPU). A failing case raises one short AssertionError: every failing tensor of the *shrunk* case, the
+parameters nearest the input first (a bug there shows in everything downstream), the precision class
+that judged, the minimal case as shapes and small integer inputs; hypothesis' reproduction after it.
+
+The engine is mpt_ref.testing.engine, the same that runs ``mpt-ref conform --exec`` on ports in any
+language.
 
 Sizes are drawn around kernel vector/tile widths (``strategies.EDGE_SIZES``: 1–9, 15–17, 31–33, 63–65)
 for D, H, T, R and B within ``limits`` (``strategies.SizeLimits``), with T == R, R > D, K = 1, repeated
-and unsorted task ids, S = 2, L = 1..3, and (LSTM) train mode with explicit dropout masks.
+and unsorted task ids, S = 2, L = 1..3, encoders in eval mode with encoder_dropout 0 or > 0 (a port
+left in train mode is caught), and (LSTM) train mode with explicit dropout masks.
 """
 
 from __future__ import annotations
@@ -43,105 +49,26 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from hypothesis import Phase, example, given
-from hypothesis import seed as hseed
 from hypothesis import settings as hsettings
-from hypothesis import strategies as st
 
-from mpt_ref.modules.bounds import (
-    Expected,
-    TensorCheck,
-    check_tensor,
-    expected,
-    rounding_for,
-)
+from mpt_ref.modules.bounds import Expected
 from mpt_ref.modules.kind import Kind
+from mpt_ref.testing import engine
 from mpt_ref.testing import strategies as hs
+from mpt_ref.testing.engine import call_inputs, case_expected, case_strategy, dropout_scales  # noqa: F401
 from mpt_ref.tolerances import Rounding
 
 Forward = Callable[..., np.ndarray]              # (params, *inputs, config) -> output (B, T, D)
 Backward = Callable[..., dict[str, np.ndarray]]  # (params, dout, *inputs, config) -> grads
 
 
-def case_strategy(module: Any, dtype: Any = np.float64, limits: hs.SizeLimits | None = None,
-                  dropout: bool = True) -> st.SearchStrategy[hs.Case]:
-    """The cases ``assert_conforms`` draws for ``module`` (a Kind or its name)."""
-    kind = Kind.parse(module)
-    limits = limits or hs.SizeLimits()
-    if kind == Kind.PROMPT_EMBEDDING:
-        return hs.prompt_embedding_cases(dtype=dtype, limits=limits)
-    if kind == Kind.MPT:
-        return hs.mpt_cases(dtype=dtype, limits=limits)
-    if kind == Kind.MLP_ENCODER:
-        return hs.mlp_encoder_cases(dtype=dtype, limits=limits)
-    eval_cases = hs.lstm_encoder_cases(dtype=dtype, limits=limits)
-    return eval_cases | hs.lstm_encoder_cases(dtype=dtype, limits=limits, dropout=True) if dropout else eval_cases
-
-
-def call_inputs(kind: Kind, case: hs.Case) -> list[Any]:
-    """The positional inputs after params (forward) or after dout (backward), before config."""
-    idx = case.inputs["indices"].copy()
-    if kind == Kind.MPT:
-        return [idx, case.inputs["task_ids"].copy()]
-    if kind.is_encoder:
-        masks = case.inputs.get("dropout_masks")
-        return [idx, None if not masks else [m.copy() for m in masks]]
-    return [idx]
-
-
-def dropout_scales(case: hs.Case) -> list[np.ndarray] | None:
-    """The masks as the reference applies them: 0 or 1/(1 − p)."""
-    masks = case.inputs.get("dropout_masks")
-    if not masks:
-        return None
-    p = case.config.encoder_dropout
-    return [m.astype(np.float64) / (1 - p) for m in masks]
-
-
-def _nearest_input_first(keys: list[str]) -> list[str]:
-    """embedding first, then the LSTM by layer, then the head by layer, then MPT's factors."""
-    def rank(key: str) -> tuple[int, str]:
-        if key == "embedding.weight":
-            return (0, "")
-        if key.startswith("lstm_head."):
-            layer = key.rsplit("_l", 1)[1].split("_")[0]
-            return (1 + int(layer), key)
-        if key.startswith("mlp_head."):
-            return (100 + int(key.split(".")[1]), key)
-        return (200, key)
-    return sorted(keys, key=rank)
-
-
-def case_expected(kind: Kind, case: hs.Case, dtype: np.dtype, rounding: Rounding | None = None,
-                  gradients: bool = True) -> Expected:
-    """The reference and error bounds of one case (modules.bounds.expected)."""
-    return expected(kind, case.params, case.inputs, case.dout if gradients else None, dtype,
-                    dropout_scales=dropout_scales(case), rounding=rounding)
-
-
 def check_case(kind: Kind, case: hs.Case, forward: Forward, backward: Backward | None, dtype: np.dtype,
-               rounding: Rounding | None = None, ex: Expected | None = None) -> list:
+               rounding: Rounding | None = None, ex: Expected | None = None, repeat: bool = False) -> list:
     """Every TensorCheck of one case (output first, then gradients nearest the input first). ex: the
     case's ``case_expected`` when already computed (several ports judged on one case)."""
-    ex = ex or case_expected(kind, case, dtype, rounding, backward is not None)
-    copy = lambda: {k: v.copy() for k, v in case.params.items()}  # noqa: E731
-    checks = [check_tensor("case", "output", forward(copy(), *call_inputs(kind, case), case.config),
-                           ex.output, ex.output_bound, dtype=dtype)]
-    if backward is None:
-        return checks
-    got = backward(copy(), case.dout.copy(), *call_inputs(kind, case), case.config)
-    if not isinstance(got, dict):
-        return checks + [TensorCheck.failed("case", "gradients",
-                                            f"backward returned {type(got).__name__}, expected a dict of PEFT keys")]
-    extra = sorted(set(got) - set(ex.grads))
-    if extra:
-        checks.append(TensorCheck.failed("case", "gradients", f"unexpected keys {extra} (not parameters)"))
-    for key in _nearest_input_first(list(ex.grads)):
-        if key not in got:
-            checks.append(TensorCheck.failed("case", f"grad {key}", "missing"))
-            continue
-        checks.append(check_tensor("case", f"grad {key}", got[key], ex.grads[key], ex.grad_bounds[key], dtype=dtype))
-    return checks
+    pc = engine.precision_class(dtype, rounding=rounding)
+    return engine.run_case("case", Kind.parse(kind), case, engine.callable_port(forward, backward), pc,
+                           gradients=backward is not None, repeat=repeat, ex=ex)
 
 
 def assert_conforms(
@@ -150,6 +77,7 @@ def assert_conforms(
     *,
     module: str,
     dtype: Any = np.float64,
+    accumulation: str | None = None,
     settings: hsettings | None = None,
     limits: hs.SizeLimits | None = None,
     dropout: bool = True,
@@ -157,12 +85,15 @@ def assert_conforms(
     rounding: Rounding | None = None,
     max_examples: int | None = None,
     shrink: bool | None = None,
+    repeat: bool = True,
 ) -> None:
     """Assert ``forward`` (and ``backward``) agree with mpt-ref on generated cases of ``module``.
 
     module: "prompt_embedding", "mpt", "mlp_encoder" or "lstm_encoder" (a ``Kind``). Calling convention:
-    module doc. dtype: the port's dtype (float64, float32, or float16 for float16 storage with float32
-    accumulation); params, dout and the expected output dtype follow it.
+    module doc. dtype: the port's dtype, "float64", "float32" or "float16" (any other is an InputError
+    naming these); params, dout and the expected output dtype follow it. accumulation: float16 only,
+    "float32" (default: float16 storage, float32 sums, as GPU and MLAS half kernels) or "float16" (every
+    partial sum rounded to float16, as a framework's own float16 CPU reductions).
     Besides the drawn cases, the fixed ``strategies.edge_examples`` (every size just past a common vector /
     tile width) always run first, so a bug that only appears at such sizes is caught whatever a hypothesis
     version or seed draws.
@@ -170,32 +101,22 @@ def assert_conforms(
     max_examples / shrink override just that (shrink=False reports the first failing case as found).
     limits: the sizes drawn (``strategies.SizeLimits``). dropout: also draw LSTM train-mode cases with
     explicit dropout masks. seed: a fixed hypothesis seed. rounding: another error model than the one of
-    ``dtype`` (``mpt_ref.tolerances.ROUNDING``).
+    ``dtype`` (``mpt_ref.tolerances.ROUNDING``). repeat: call the port twice per case and require the same
+    bits (False: once).
     """
+    __tracebackhide__ = True
     kind = Kind.parse(module)
-    dtype = np.dtype(dtype)
-    rounding_for(dtype)  # an unsupported dtype fails here, not inside hypothesis
-    base = settings if settings is not None else hsettings()
-    overrides: dict[str, Any] = {"deadline": None}
-    if max_examples is not None:
-        overrides["max_examples"] = max_examples
-    if shrink is not None:
-        overrides["phases"] = [p for p in base.phases if p != Phase.shrink] + ([Phase.shrink] if shrink else [])
-    run_settings = hsettings(base, **overrides)
-
-    def check(case: hs.Case) -> None:
-        __tracebackhide__ = True
-        failed = [c for c in check_case(kind, case, forward, backward, dtype, rounding) if not c.ok]
-        if failed:
-            raise AssertionError(
-                f"{kind.value} port disagrees with mpt-ref ({dtype.name}, error model: spec/tolerances.md) "
-                f"in {len(failed)} tensor(s), nearest the input first:\n  "
-                + "\n  ".join(c.describe() for c in failed))
-
-    test = given(case_strategy(kind, dtype, limits, dropout))(check)
-    for case in hs.edge_examples(kind, dtype, limits):  # always run: sizes past every vector / tile width
-        test = example(case)(test)
-    test = run_settings(test)
-    if seed is not None:
-        test = hseed(seed)(test)
-    test()
+    pc = engine.precision_class(dtype, accumulation, rounding)  # a bad dtype fails here, not inside hypothesis
+    port = engine.callable_port(forward, backward)
+    gradients = backward is not None
+    outcome = engine.explore(kind, port, pc, settings=settings, limits=limits, dropout=dropout, seed=seed,
+                             max_examples=max_examples, shrink=shrink, gradients=gradients, repeat=repeat)
+    if outcome.failure is None:
+        return
+    f = outcome.failure
+    hint = "" if rounding is not None else engine.other_class_hint(
+        kind, f.case, f.checks, lambda: port(kind, f.case, gradients), pc, gradients)
+    message = engine.failure_message(kind, pc, f, hint, outcome.flaky)
+    if outcome.reproduction:
+        message += "\n\n--- hypothesis reproduction ---\n" + outcome.reproduction
+    raise AssertionError(message) from None
