@@ -83,6 +83,9 @@ def _env(work: Path) -> dict[str, str]:
     script = shim / "mpt-ref"
     script.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m mpt_ref "$@"\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    python = shim / "python"  # as in the README's activated venv: `python` is the one with mpt-ref
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
     env = dict(os.environ)
     env["PATH"] = f"{shim}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

@@ -3,7 +3,7 @@
     python py_port.py MODE            persistent: case directories on stdin, one reply line each
     python py_port.py MODE CASE_DIR   one case (conform --per-case)
 
-MODE: correct (mpt-ref's own NumPy core), zeros (a trivial port: outputs and gradients of zeros, for
+MODE: correct (mpt_ref.conformance.example_port: mpt-ref's own NumPy core), zeros (a trivial port: outputs and gradients of zeros, for
 throughput), crash (exits on the 3rd case), hang (never answers the 2nd case), garbage (prints a log line
 on stdout), error (replies "error ..."), out_key (saves the output under "out"), train (LSTM dropout
 applied in eval calls: random masks).
@@ -17,9 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from mpt_ref.core.embedding import embedding_backward, embedding_forward
-from mpt_ref.core.encoder import prompt_encoder_backward, prompt_encoder_forward
-from mpt_ref.core.mpt import mpt_backward, mpt_forward
+from mpt_ref.conformance import example_port
 
 MODE = sys.argv[1]
 
@@ -33,27 +31,14 @@ def compute(case_dir: Path) -> None:
     if MODE == "zeros":
         out, grads = np.zeros(dout.shape, dtype), {k: np.zeros_like(v) for k, v in params.items()}
     else:
-        p64 = {k: v.astype(np.float64) for k, v in params.items()}
-        d64 = dout.astype(np.float64)
-        idx = inputs["indices"]
-        if rec["module"] == "mpt":
-            out, cache = mpt_forward(p64, idx, inputs["task_ids"])
-            grads = mpt_backward(d64, cache)
-        elif rec["module"] == "prompt_embedding":
-            out, cache = embedding_forward(p64["embedding.weight"], idx)
-            grads = {"embedding.weight": embedding_backward(d64, cache)}
-        else:
-            sizes = rec["sizes"]
-            masks = [inputs[f"dropout_mask_{k}"] for k in range(sizes["num_dropout_masks"])]
-            p = sizes["dropout_p"]
-            if MODE == "train" and not masks and sizes["L"] >= 2 and p > 0:
-                rng = np.random.default_rng()
-                masks = [rng.random(idx.shape + (2 * sizes["H"],)) >= p for _ in range(sizes["L"] - 1)]
-            scales = [m / (1 - p) for m in masks] or None
-            etype = "LSTM" if rec["module"] == "lstm_encoder" else "MLP"
-            out, cache = prompt_encoder_forward(p64, idx, encoder_type=etype, num_layers=sizes["L"],
-                                                dropout_scales=scales)
-            grads = prompt_encoder_backward(d64, cache)
+        sizes = rec.get("sizes", {})
+        if MODE == "train" and not sizes.get("num_dropout_masks") and sizes.get("L", 1) >= 2 and sizes["dropout_p"] > 0:
+            rng = np.random.default_rng()  # dropout applied in an eval call: fresh random masks every call
+            idx = inputs["indices"]
+            inputs = {**inputs, **{f"dropout_mask_{k}": rng.random(idx.shape + (2 * sizes["H"],)) >= sizes["dropout_p"]
+                                   for k in range(sizes["L"] - 1)}}
+            rec = {**rec, "sizes": {**sizes, "num_dropout_masks": sizes["L"] - 1}}
+        out, grads = example_port.compute(rec, params, inputs)
         out = out.astype(dtype)
         grads = {k: v.astype(dtype) for k, v in grads.items()}
     save_file({"out" if MODE == "out_key" else "output": np.ascontiguousarray(out)}, str(case_dir / "output.safetensors"))
