@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto
 
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from onnx_export import _layout
 from onnx_export._graph import GraphBuilder
 from onnx_export._guards import nan_padded, redirect, task_rows, valid_ids

@@ -19,7 +19,7 @@ LSTM output depends on the whole row, so no table can serve every row).
 
 from __future__ import annotations
 
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from onnx_export import _faithful
 from onnx_export._faithful import lookup
 from onnx_export._graph import GraphBuilder

@@ -1,6 +1,6 @@
 """What the exporter needs to know about a module, read once from an mpt_ref module.
 
-The kind is ``mpt_ref.modules.kind.Kind.of(module)`` (an inference-mode PromptEncoder is a plain
+The kind is ``mpt_ref.kind.Kind.of(module)`` (an inference-mode PromptEncoder is a plain
 lookup of its stored prompt, PROMPT_EMBEDDING). Shape letters as in spec/README.md.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from mpt_ref.errors import InputError
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder

@@ -17,7 +17,7 @@ import onnx
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import InputError
 from mpt_ref.io.atomic import atomic_write_bytes
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from onnx_export import _faithful, _folded
 from onnx_export._graph import GraphBuilder, int64_input
 from onnx_export._spec import ModuleSpec, module_spec

@@ -37,7 +37,7 @@ from mpt_ref.modules.config import (
     load_config,
     parameter_shapes,
 )
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from onnx_export._spec import module_spec
 from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS, metadata

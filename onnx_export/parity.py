@@ -23,7 +23,7 @@ import onnx
 from mpt_ref import tolerances
 from mpt_ref.errors import InputError, RunTimeout, shown
 from mpt_ref.judge.bounds import TensorCheck, check_tensor, expected
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.tolerances import Rounding
 from onnx_export._spec import ModuleSpec, module_spec
 from onnx_export.exporter import (

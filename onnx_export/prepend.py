@@ -33,7 +33,7 @@ from onnx import TensorProto, compose, helper
 
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import InputError
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from onnx_export._faithful import lookup
 from onnx_export._graph import GraphBuilder, int64_input
 from onnx_export._spec import ModuleSpec, module_spec

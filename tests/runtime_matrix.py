@@ -71,7 +71,7 @@ def _configs(kind: str) -> list[tuple[str, dict[str, Any]]]:
 def _module(kind: str, config: dict[str, Any], seed: int = 0) -> Any:
     from mpt_ref.conformance.cases import MODULE_CLASSES
     from mpt_ref.modules.config import config_from_dict
-    from mpt_ref.modules.kind import Kind
+    from mpt_ref.kind import Kind
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

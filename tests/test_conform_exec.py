@@ -170,7 +170,7 @@ def test_bad_usage_is_exit_2(tmp_path, capsys):
 def test_case_json_writes_every_config_field(tmp_path):
     from mpt_ref.conformance.case_dir import write_case_dir
     from mpt_ref.modules.config import PromptEncoderConfig
-    from mpt_ref.modules.kind import Kind
+    from mpt_ref.kind import Kind
     from mpt_ref.testing import engine
 
     (case,) = engine.edge_cases(Kind.LSTM_ENCODER, np.dtype(np.float32), None)

@@ -41,6 +41,6 @@ def test_every_kind_has_golden_vector_cases():
 
 
 def test_kind_moved_to_the_foundation_keeps_its_old_path():
-    from mpt_ref.modules.kind import Kind as old
+    from mpt_ref.kind import Kind as old
 
     assert old is Kind

@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 
 Call = Callable[[], Any]
 

@@ -29,7 +29,7 @@ from mpt_ref.bench.peers import TORCH_EXPORT, Peer, import_torch_peft, numpy_pee
 from mpt_ref.bench.roofline import bound, copy_bandwidth, must_move
 from mpt_ref.core import parallel
 from mpt_ref.modules.config import MultitaskPromptTuningConfig, PromptEncoderConfig
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 

@@ -163,7 +163,7 @@ def load_onnx_model(option: str, path: str) -> Any:
 
 def kind_arg(text: str) -> Any:
     """argparse type for a module kind: Kind.parse, its message kept (argparse exits 2 with it)."""
-    from mpt_ref.modules.kind import Kind
+    from mpt_ref.kind import Kind
 
     try:
         return Kind.parse(text)

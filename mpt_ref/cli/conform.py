@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from mpt_ref.cli._args import STDOUT, kind_arg, positive_int, refuse_existing, report_stream, seed_int
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 
 
 def positive_seconds(text: str) -> float:

@@ -46,7 +46,7 @@ from mpt_ref.cli.serve_formats import export_serving, refuse_unservable, serving
 from mpt_ref.errors import CheckpointError, InputError
 from mpt_ref.interop.adapter import load_peft_adapter
 from mpt_ref.interop.build import DEFAULT_CONFIGS, build_module
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 from onnx_export._spec import module_spec
 from onnx_export.exporter import DTYPES, export, metadata

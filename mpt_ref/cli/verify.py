@@ -24,7 +24,7 @@ from mpt_ref.conformance import vectors as vec
 from mpt_ref.conformance.location import default_vectors_dir
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.conformance.verify import vectors_digest, verify_directory, verify_exec
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 
 
 def _vectors(args: argparse.Namespace) -> int:

@@ -27,7 +27,7 @@ from mpt_ref.conformance.case_record import MASK_PREFIX, PROTOCOL, dropout_masks
 from mpt_ref.errors import CheckpointError
 from mpt_ref.io.checkpoint import read_safetensors
 from mpt_ref.modules.config import config_from_dict
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing.engine import PortFailure, PortResult, PrecisionClass
 from mpt_ref.testing.strategies import Case
 

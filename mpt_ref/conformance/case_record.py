@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 
 PROTOCOL = "mpt-ref-conform/1"
 MASK_PREFIX = "dropout_mask_"  # inputs.safetensors: dropout_mask_0 .. dropout_mask_{L-2}, LSTM train mode

@@ -21,7 +21,7 @@ from safetensors.numpy import save_file
 from mpt_ref.conformance.exact import exact_output_and_grads
 from mpt_ref.conformance.exact_train import lstm_encoder_train
 from mpt_ref.modules.config import config_from_dict
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.modules.multitask import MultitaskPromptEmbedding
 from mpt_ref.modules.prompt_embedding import PromptEmbedding
 from mpt_ref.modules.prompt_encoder import PromptEncoder

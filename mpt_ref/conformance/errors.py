@@ -15,7 +15,7 @@ import numpy as np
 from mpt_ref import errors
 from mpt_ref.conformance.cases import MODULE_CLASSES
 from mpt_ref.modules.config import config_from_dict
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.modules.prompt_encoder import PromptEncoder
 
 _MPT = {"peft_type": "MULTITASK_PROMPT_TUNING", "num_virtual_tokens": 2, "token_dim": 3, "num_tasks": 2}

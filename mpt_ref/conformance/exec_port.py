@@ -24,7 +24,7 @@ from typing import IO
 
 from mpt_ref.conformance.case_dir import case_files, read_results
 from mpt_ref.errors import InputError, shown
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing.engine import PortFailure, PortResult, PrecisionClass
 from mpt_ref.testing.strategies import Case
 

@@ -29,7 +29,7 @@ from mpt_ref.conformance.case_dir import case_files
 from mpt_ref.conformance.vectors import FORMAT as VECTORS_FORMAT
 from mpt_ref.io.atomic import atomic_write_directory
 from mpt_ref.modules.bounds import TensorCheck
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing.engine import PortResult, PrecisionClass, case_expected
 from mpt_ref.testing.strategies import Case
 from mpt_ref.tolerances import VECTORS

@@ -46,7 +46,7 @@ from mpt_ref.io.atomic import atomic_write_directory
 from mpt_ref.io.checkpoint import parse_safetensors
 from mpt_ref.io.limits import MAX_BYTES, exc_text, read_regular_file
 from mpt_ref.modules.config import config_from_dict
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.tolerances import VECTORS, Tol
 
 FORMAT = "mpt-ref-vectors/2"

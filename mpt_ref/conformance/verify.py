@@ -27,7 +27,7 @@ from mpt_ref.errors import InputError
 from mpt_ref.io.checkpoint import read_tensors
 from mpt_ref.io.limits import read_regular_file
 from mpt_ref.modules.bounds import TensorCheck, check_tensor, expected
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.tolerances import ACCUMULATION, CONFORMANCE, Rounding
 
 

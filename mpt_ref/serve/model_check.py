@@ -25,7 +25,7 @@ from onnx import TensorProto
 
 from mpt_ref.errors import shown
 from mpt_ref.modules.bounds import TensorCheck, check_tensor
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.tolerances import SERVE_COMPOSED
 from onnx_export._spec import module_spec
 from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS

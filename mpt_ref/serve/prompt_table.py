@@ -30,7 +30,7 @@ from mpt_ref import _checks
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import IndexRangeError, InputError
 from mpt_ref.io.staged import StagedSet
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from onnx_export._spec import module_spec
 from onnx_export.exporter import export_dtype
 from onnx_export.reference import prompt_table as reference_prompt_table

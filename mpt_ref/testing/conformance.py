@@ -52,7 +52,7 @@ import numpy as np
 from hypothesis import settings as hsettings
 
 from mpt_ref.modules.bounds import Expected
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing import engine
 from mpt_ref.testing import strategies as hs
 from mpt_ref.testing.engine import call_inputs, case_expected, case_strategy, dropout_scales  # noqa: F401

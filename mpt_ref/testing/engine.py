@@ -37,7 +37,7 @@ from hypothesis.errors import Flaky
 
 from mpt_ref.errors import InputError
 from mpt_ref.modules.bounds import Expected, TensorCheck, check_tensor, expected
-from mpt_ref.modules.kind import Kind
+from mpt_ref.kind import Kind
 from mpt_ref.testing import strategies as hs
 from mpt_ref.tolerances import ACCUMULATION, CONFORMANCE, Rounding
 
