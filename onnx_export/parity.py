@@ -82,6 +82,16 @@ def compare(case: str, provider: str, got: np.ndarray, want: np.ndarray, bound: 
     return dataclasses.replace(c, extra=(*c.extra, ("max_ulp", ulp)))
 
 
+def check_output(case: str, module: Any, feeds: dict[str, np.ndarray], got: np.ndarray, *, dtype: str = "float32",
+                 provider: str = "cpu", variant: str = "faithful") -> TensorCheck:
+    """A graph's output on ``feeds`` (run by the caller) judged as ``run_cases`` judges it: against
+    ``module``'s float64 reference (NaN per the id policy), every entry within the error model's bound
+    for a ``dtype`` graph on ``provider`` (ONNX_ROUNDING)."""
+    spec = module if isinstance(module, ModuleSpec) else module_spec(module)
+    want, bound = expected_with_bound(spec, feeds, variant, onnx_rounding(dtype, provider))
+    return compare(case, provider, np.asarray(got), want, bound)
+
+
 def run_cases(model: onnx.ModelProto, spec: ModuleSpec, cases: Sequence[tuple[str, dict[str, np.ndarray]]],
               providers: Sequence[str], *, dtype: str, variant: str,
               input_names: dict[str, str] | None = None, timeout: float | None = DEFAULT_TIMEOUT) -> list[TensorCheck]:

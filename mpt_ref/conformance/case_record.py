@@ -4,11 +4,13 @@ every size a port needs, and what it must write. Needs nothing but the arrays (n
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from mpt_ref.errors import InputError
 from mpt_ref.kind import Kind
+from mpt_ref.tolerances import ACCUMULATION, CONFORMANCE, Rounding
 
 PROTOCOL = "mpt-ref-conform/1"
 MASK_PREFIX = "dropout_mask_"  # inputs.safetensors: dropout_mask_0 .. dropout_mask_{L-2}, LSTM train mode
@@ -46,3 +48,45 @@ def protocol_fields(kind: Kind, config: Any, params: Mapping[str, np.ndarray], i
 def dropout_masks(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """The keep masks stored in an inputs file, in layer order."""
     return [inputs[f"{MASK_PREFIX}{k}"] for k in range(sum(k.startswith(MASK_PREFIX) for k in inputs))]
+
+
+class Judged(NamedTuple):
+    """How a vector case is judged: its dtype and precision class (float16: by accumulation)."""
+
+    dtype: np.dtype
+    accumulation: str
+    rounding: Rounding
+
+    @property
+    def name(self) -> str:
+        return f"float16 storage, {self.accumulation} accumulation" if self.dtype == np.float16 else self.dtype.name
+
+    def other(self) -> Judged | None:
+        if self.dtype != np.float16:
+            return None
+        acc = "float16" if self.accumulation == "float32" else "float32"
+        return Judged(self.dtype, acc, ACCUMULATION[acc])
+
+
+def judged_as(record: dict) -> Judged:
+    dt = str(record.get("dtype"))
+    if dt not in CONFORMANCE:
+        raise InputError(f"case {record.get('name')!r}: dtype: expected one of {sorted(CONFORMANCE)}, got {dt!r}")
+    if dt != "float16":
+        return Judged(np.dtype(dt), dt, CONFORMANCE[dt])
+    acc = str(record.get("accumulation") or "float32")
+    if acc not in ACCUMULATION:
+        raise InputError(f"case {record.get('name')!r}: accumulation: expected one of {sorted(ACCUMULATION)}, got {acc!r}")
+    return Judged(np.dtype(dt), acc, ACCUMULATION[acc])
+
+
+def case_setup(record: dict, tensors: dict) -> tuple[Kind, Judged, dict, Any, list | None]:
+    """(kind, precision class, inputs, dout, dropout scales) of a vector case."""
+    kind = Kind.parse(record["module"])
+    pc = judged_as(record)
+    ins = tensors["inputs"]
+    inputs = {k: v for k, v in ins.items() if k in ("indices", "task_ids")}
+    masks = dropout_masks(ins)
+    p = float(record.get("config", {}).get("encoder_dropout", 0.0) or 0.0)
+    scales = [m.astype(np.float64) / (1 - p) for m in masks] if masks else None
+    return kind, pc, inputs, ins["grad_output"], scales

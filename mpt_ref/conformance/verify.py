@@ -21,14 +21,13 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from mpt_ref.conformance.case_record import dropout_masks
+from mpt_ref.conformance.case_record import Judged, case_setup
 from mpt_ref.conformance.vectors import read_case, read_index
 from mpt_ref.errors import InputError
 from mpt_ref.io.checkpoint import read_tensors
 from mpt_ref.io.limits import read_regular_file
 from mpt_ref.modules.bounds import TensorCheck, check_tensor, expected
 from mpt_ref.kind import Kind
-from mpt_ref.tolerances import ACCUMULATION, CONFORMANCE, Rounding
 
 
 class Verification(NamedTuple):
@@ -98,48 +97,6 @@ def check_candidate_dir(candidate_dir: str | Path, names: list[str]) -> Path:
     return path
 
 
-class Judged(NamedTuple):
-    """How a vector case is judged: its dtype and precision class (float16: by accumulation)."""
-
-    dtype: np.dtype
-    accumulation: str
-    rounding: Rounding
-
-    @property
-    def name(self) -> str:
-        return f"float16 storage, {self.accumulation} accumulation" if self.dtype == np.float16 else self.dtype.name
-
-    def other(self) -> Judged | None:
-        if self.dtype != np.float16:
-            return None
-        acc = "float16" if self.accumulation == "float32" else "float32"
-        return Judged(self.dtype, acc, ACCUMULATION[acc])
-
-
-def judged_as(record: dict) -> Judged:
-    dt = str(record.get("dtype"))
-    if dt not in CONFORMANCE:
-        raise InputError(f"case {record.get('name')!r}: dtype: expected one of {sorted(CONFORMANCE)}, got {dt!r}")
-    if dt != "float16":
-        return Judged(np.dtype(dt), dt, CONFORMANCE[dt])
-    acc = str(record.get("accumulation") or "float32")
-    if acc not in ACCUMULATION:
-        raise InputError(f"case {record.get('name')!r}: accumulation: expected one of {sorted(ACCUMULATION)}, got {acc!r}")
-    return Judged(np.dtype(dt), acc, ACCUMULATION[acc])
-
-
-def _case_setup(record: dict, tensors: dict) -> tuple[Kind, Judged, dict, Any, list | None]:
-    """(kind, precision class, inputs, dout, dropout scales) of a vector case."""
-    kind = Kind.parse(record["module"])
-    pc = judged_as(record)
-    ins = tensors["inputs"]
-    inputs = {k: v for k, v in ins.items() if k in ("indices", "task_ids")}
-    masks = dropout_masks(ins)
-    p = float(record.get("config", {}).get("encoder_dropout", 0.0) or 0.0)
-    scales = [m.astype(np.float64) / (1 - p) for m in masks] if masks else None
-    return kind, pc, inputs, ins["grad_output"], scales
-
-
 def _missing(tensor: str, where: str, found: Any) -> str:
     keys = sorted(found)
     return f"missing key {tensor!r} in {where} (keys found: {keys[:12]}{' ...' if len(keys) > 12 else ''})"
@@ -162,7 +119,7 @@ def _with_class_hint(checks: list[TensorCheck], pc: Judged, ex_other: Any, got: 
 def verify_case(vectors_dir: str | Path, name: str, cand: Path, *, forward_only: bool = False) -> list[TensorCheck]:
     case = read_case(vectors_dir, name)
     rec, t = case.record, case.tensors
-    kind, pc, inputs, dout, scales = _case_setup(rec, t)
+    kind, pc, inputs, dout, scales = case_setup(rec, t)
     ex = expected(kind, t["params"], inputs, None if forward_only else dout, pc.dtype, dropout_scales=scales,
                   rounding=pc.rounding)
     got_out = _load_optional(cand / "output.safetensors")
@@ -204,7 +161,7 @@ def vector_case(vectors_dir: str | Path, name: str) -> tuple[Kind, Any, Any]:
 
     vc = read_case(vectors_dir, name)
     record = dict(vc.record)
-    kind, judged, _, _, _ = _case_setup(record, vc.tensors)
+    kind, judged, _, _, _ = case_setup(record, vc.tensors)
     _, case = case_from_tensors(record, vc.tensors["params"], vc.tensors["inputs"])
     return kind, engine.precision_class(judged.dtype, judged.accumulation if judged.dtype == np.float16 else None), case
 

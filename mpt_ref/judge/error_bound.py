@@ -346,6 +346,17 @@ def lstm_direction_backward_bound(alg: ErrorAlgebra, dout: Bounded, cache: dict)
     return dx, [dw_ih, dw_hh, db, db]
 
 
+def lstm_layer_bound(alg: ErrorAlgebra, params: Params, x: Bounded, layer: int) -> tuple[Bounded, list[dict]]:
+    """Bidirectional layer ``layer`` of the stack (PEFT keys): y (B,T,2H) = [forward, reverse], their caches."""
+    outs, caches = [], []
+    for suffix, rev in (("", False), ("_reverse", True)):
+        ws = [alg.param(params[f"lstm_head.{n}_l{layer}{suffix}"]) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        y, cache = lstm_direction_bound(alg, x, *ws, rev)
+        outs.append(y)
+        caches.append(cache)
+    return _cat(outs, axis=-1), caches
+
+
 def encoder_bound(alg: ErrorAlgebra, params: Params, indices: IntArray, dout: Array, *, encoder_type: str,
                   num_layers: int = 0, dropout_scales: Sequence[Array] | None = None) -> tuple[Bounded, Params]:
     """The P-tuning encoder (spec/mlp.md, spec/lstm.md): embedding → (BiLSTM stack) → MLP head."""
@@ -355,13 +366,8 @@ def encoder_bound(alg: ErrorAlgebra, params: Params, indices: IntArray, dout: Ar
     scales = [alg.constant(s) for s in (dropout_scales or ())]
     if encoder_type == "LSTM":
         for k in range(num_layers):
-            outs = []
-            for suffix, rev in (("", False), ("_reverse", True)):
-                ws = [alg.param(params[f"lstm_head.{n}_l{k}{suffix}"]) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-                y, cache = lstm_direction_bound(alg, x, *ws, rev)
-                outs.append(y)
-                lstm_caches.append(cache)
-            x = _cat(outs, axis=-1)  # B,T',2H
+            x, caches = lstm_layer_bound(alg, params, x, k)  # B,T',2H
+            lstm_caches += caches
             if scales and k < num_layers - 1:
                 x = alg.mul(x, scales[k])
         out, saved = head_bound(alg, params, x, 2)
