@@ -5,16 +5,20 @@ Layout (format ``mpt-ref-vectors/2``; 2: onnx/test_<case>/ with data.json, outpu
     <dir>/index.json                  format, spec_version, cases: {name: {path, files: {file: sha256}}}
     <dir>/<case>/case.json            module, config (adapter_config.json form, EVERY field explicit), seed,
                                       dtype, accumulation (float16: float32 or float16), mode (eval | train),
-                                      sizes, outputs, batch, tolerance {rtol, atol, reason}, spec_version,
-                                      description: the protocol's case.json (spec/conform-protocol.md)
+                                      sizes, outputs, batch, tolerance {rtol, atol, reason} (a coarse legacy
+                                      hint, never a judgment), spec_version, description: the protocol's
+                                      case.json (spec/conform-protocol.md)
     <dir>/<case>/params.safetensors   parameters under PEFT keys
     <dir>/<case>/inputs.safetensors   indices (int64), task_ids (int64, MPT), grad_output, and in train-mode
                                       cases dropout_mask_<k> (bool (B, T, 2H), True = kept, k < L - 1)
     <dir>/<case>/output.safetensors   output (B, T, D)
     <dir>/<case>/grads.safetensors    d sum(output * grad_output) / d param, PEFT keys
+    <dir>/<case>/bounds.safetensors   the criterion: the error model's bound of every entry of output and of
+                                      each gradient ("output", PEFT keys), |got - stored| <= bound
     <dir>/<case>/onnx/test_<case>/    (float32 / float64 eval cases) the ONNX backend-test layout, which onnx.backend.test.loader.
                                       load_model_tests(data_dir=<dir>/<case>, kind="onnx") loads as is:
-                                      model.onnx (the faithful float32 export), data.json (rtol, atol),
+                                      model.onnx (the faithful float32 export), data.json (rtol 0, atol: the
+                                      largest error-model bound of the float32 graph on this case),
                                       test_data_set_0/input_0.pb (indices), input_1.pb (task_ids, MPT),
                                       output_0.pb (the reference output rounded to float32)
     <dir>/<case>/source.safetensors   source-init cases only: the MPT source checkpoint the config
@@ -38,16 +42,18 @@ import numpy as np
 from safetensors.numpy import load, save
 
 from mpt_ref._version import SPEC_VERSION
-from mpt_ref.conformance.case_record import MASK_PREFIX, protocol_fields
+from mpt_ref._types import Array
+from mpt_ref.conformance.case_record import MASK_PREFIX, case_setup, protocol_fields
 from mpt_ref.conformance.cases import CASES, CaseSpec, run_reference, source_tensors
 from mpt_ref.conformance.errors import ERROR_CASES
 from mpt_ref.errors import CheckpointError, OutputExistsError, shown
 from mpt_ref.io.atomic import atomic_write_directory
 from mpt_ref.io.checkpoint import parse_safetensors
 from mpt_ref.io.limits import MAX_BYTES, exc_text, read_regular_file
+from mpt_ref.judge.bounds import expected
 from mpt_ref.modules.config import config_from_dict
 from mpt_ref.kind import Kind
-from mpt_ref.tolerances import VECTORS, Tol
+from mpt_ref.tolerances import VECTORS_LEGACY_HINT, Tol
 
 FORMAT = "mpt-ref-vectors/2"
 README = f"""# mpt-ref conformance vectors ({FORMAT})
@@ -57,19 +63,28 @@ holds case.json (module, config in adapter_config.json form with every field exp
 accumulation, mode, sizes, tolerance, spec version: the case.json of spec/conform-protocol.md) and
 safetensors files readable without Python: params (PEFT keys), inputs (indices, task_ids, grad_output,
 and dropout_mask_<k> keep masks in train-mode cases: kept values x 1/(1 - p)),
-output (key "output"), grads (PEFT keys: gradient of sum(output * grad_output)), and for MPT
+output (key "output"), grads (PEFT keys: gradient of sum(output * grad_output)), bounds (key "output"
+and the PEFT keys: the error bound of every entry of output and grads), and for MPT
 source-init cases source (the checkpoint the config's relative prompt_tuning_init_state_dict_path
 names; params then holds the parameters after the init). float16 cases are judged by the class their
 case.json names in "accumulation" (float32: float16 storage with float32 sums; float16: float16 sums).
-onnx/test_<case>/ (float32 / float64 eval-mode cases) holds the ONNX backend-test layout (model.onnx, data.json with rtol/atol, test_data_set_0/input_N.pb, output_0.pb) of the float32
-export: `onnx.backend.test.loader.load_model_tests(data_dir="<case>", kind="onnx")` loads it as is.
+onnx/test_<case>/ (float32 / float64 eval-mode cases) holds the ONNX backend-test layout (model.onnx,
+data.json, test_data_set_0/input_N.pb, output_0.pb) of the float32 export:
+`onnx.backend.test.loader.load_model_tests(data_dir="<case>", kind="onnx")` loads it as is. data.json's
+rtol is 0 and its atol the largest per-entry bound of the float32 graph on that case (the runner takes
+one number per case; `mpt-ref verify --onnx` judges every entry within its own bound).
 index.json lists the sha256 of every file.
 errors.json lists invalid inputs and the error class (and builtin base) each must raise.
 
 `mpt-ref verify --exec "YOUR_PORT"` runs a port process on every case (spec/conform-protocol.md), twice
 per case; `mpt-ref verify --candidate YOUR_DIR` judges a directory of your outputs (and gradients) against the
 float64 reference of each case, every entry within its own rounding-error bound (spec/tolerances.md).
-Without mpt-ref, case.json's rtol/atol is a coarse stand-in: |got - want| <= atol + rtol * |want|.
+Without mpt-ref, judge with bounds.safetensors, the same criterion written out: a correct port in the
+case's dtype (and accumulation class) has |got - stored| <= bound for every entry of output and grads
+(stored: output.safetensors / grads.safetensors; each bound covers the rounding of the stored value and is
+rounded up to 12 significant bits so that it does not depend on the machine's BLAS). case.json's
+"tolerance" (rtol/atol) is a coarse legacy hint kept for older readers, not a judgment: `verify` never
+uses it.
 Semantics: spec/*.md. Regenerate: `mpt-ref vectors spec/vectors --force`.
 
 Reproducibility: regeneration gives the same bytes (the sha256 in index.json) on any machine.
@@ -77,7 +92,7 @@ Parameters, inputs and grad_output come from seeded NumPy generators; output and
 computed through NumPy's BLAS or SIMD kernels but by mpt_ref/conformance/exact.py: every sum exact
 then rounded once (math.fsum), every product rounded once, sigmoid/tanh in 50-digit decimal then
 rounded. They are therefore within a few ulp of, not equal to, the real-number result; mpt-ref's own
-NumPy classes conform to them within each case's tolerance, like any other port.
+NumPy classes conform to them within each case's bounds, like any other port.
 """
 TENSOR_FILES = ("params", "inputs", "output", "grads")
 
@@ -91,7 +106,7 @@ def _sha256(data: bytes) -> str:
 def case_record(spec: CaseSpec, ref: dict | None = None) -> dict:
     """case.json: the case's recipe and, with ``ref`` (run_reference), the protocol's fields
     (spec/conform-protocol.md): every config field explicit, sizes, mode, accumulation, outputs."""
-    tol = VECTORS[spec.dtype]
+    tol = VECTORS_LEGACY_HINT[spec.dtype]
     record = {
         "format": FORMAT, "spec_version": SPEC_VERSION, "name": spec.name, "module": spec.module,
         "description": spec.description, "config": spec.config, "seed": spec.seed, "dtype": spec.dtype,
@@ -106,28 +121,65 @@ def case_record(spec: CaseSpec, ref: dict | None = None) -> dict:
     return record
 
 
+def rounded_up(x: Array) -> Array:
+    """Each (non-negative) bound rounded up to 12 significant bits: at most 2^-12 looser, and the same
+    bits whatever the machine's BLAS did in the last few bits of the float64 computation."""
+    m, e = np.frexp(np.asarray(x, dtype=np.float64))  # x = m * 2**e, 0.5 <= m < 1
+    return np.ldexp(np.ceil(m * 4096.0) / 4096.0, e)
+
+
+# Unit roundoff of a stored value's dtype: output.safetensors / grads.safetensors hold the exact result rounded
+# once to the case's dtype (exact.py), so a stored entry is within UNIT_ROUNDOFF·|stored| of it.
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11}
+
+
+def stored_bound(bound: Array, stored: Array) -> Array:
+    """The error model's ``bound`` around the exact result, made a bound around the ``stored`` value
+    (its rounding to the stored dtype added), rounded up (``rounded_up``). The exact result is as
+    close to the real one as the float64 reference the model already counts, and no machine-dependent
+    float64 value enters (only the bound, whose last bits ``rounded_up`` absorbs)."""
+    return rounded_up(bound + UNIT_ROUNDOFF[stored.dtype.name] * np.abs(stored.astype(np.float64)))
+
+
+def case_bounds(record: dict, tensors: dict[str, dict[str, Array]]) -> dict[str, Array]:
+    """bounds.safetensors: for "output" and every gradient (PEFT keys), the bound of each entry that a
+    correct port of the case's class (dtype, accumulation) stays within around the stored value: the
+    per-entry bound ``verify`` computes (mpt_ref.judge.bounds.expected), by ``stored_bound``."""
+    kind, pc, inputs, dout, scales = case_setup(record, tensors)
+    ex = expected(kind, tensors["params"], inputs, dout, pc.dtype, dropout_scales=scales, rounding=pc.rounding)
+    stored = {"output": tensors["output"]["output"], **tensors["grads"]}
+    bounds = {"output": ex.output_bound, **ex.grad_bounds}
+    return {k: stored_bound(bound, stored[k]) for k, bound in bounds.items()}
+
+
 def onnx_backend_files(spec: CaseSpec, ref: dict) -> dict[str, bytes]:
     """The ONNX backend-test layout of a case (``onnx/test_<case>/``, the directory name onnx's backend
     test runner requires): the faithful float32 export of its module, data.json with the runner's rtol
-    and atol (the float32 CPU parity tolerance, atol scaled by the output's max |value|), and one test
-    data set (inputs and the reference output rounded to float32), as serialized TensorProtos."""
+    (0) and atol (the largest per-entry error-model bound of a float32 graph on CPU for this case, as a
+    bound around output_0.pb: ``stored_bound``), and one test data set (inputs and the reference output rounded
+    to float32), as serialized TensorProtos."""
     from onnx import numpy_helper
 
     import onnx_export
     from mpt_ref.conformance.cases import build_case_module
-    from mpt_ref.tolerances import ONNX_PARITY
+    from onnx_export._spec import module_spec
+    from onnx_export.parity import expected_with_bound, onnx_rounding
 
-    model = onnx_export.export(build_case_module(spec), variant="faithful", dtype="float32")
+    module = build_case_module(spec)
+    model = onnx_export.export(module, variant="faithful", dtype="float32")
     inputs = [("indices", ref["inputs"]["indices"])]
     if "task_ids" in ref["inputs"]:
         inputs.append(("task_ids", ref["inputs"]["task_ids"]))
     base = f"onnx/test_{spec.name}"
-    tol = ONNX_PARITY[("float32", "cpu")]
+    rounding = onnx_rounding("float32", "cpu")
+    _, bound = expected_with_bound(module_spec(module), dict(inputs), "faithful", rounding)
     out32 = ref["output"].astype(np.float32)
-    scale = float(np.abs(out32).max(initial=0.0)) or 1.0
+    atol = float(np.max(stored_bound(bound, out32), initial=0.0))
+    reason = (f"largest per-entry error-model bound of this case (spec/tolerances.md): {rounding.reason}; "
+              "the bounds differ per entry, this is their maximum, the one number the runner takes")
     files = {f"{base}/model.onnx": model.SerializeToString(),
-             f"{base}/data.json": json.dumps({"rtol": tol.rtol, "atol": float(np.float32(tol.atol * scale)),
-                                               "reason": tol.reason}, indent=2, sort_keys=True).encode() + b"\n"}
+             f"{base}/data.json": json.dumps({"rtol": 0.0, "atol": atol, "reason": reason},
+                                             indent=2, sort_keys=True).encode() + b"\n"}
     for n, (name, value) in enumerate(inputs):
         files[f"{base}/test_data_set_0/input_{n}.pb"] = numpy_helper.from_array(value, name).SerializeToString()
     files[f"{base}/test_data_set_0/output_0.pb"] = numpy_helper.from_array(out32, "prompt_embeddings").SerializeToString()
@@ -146,7 +198,9 @@ def case_files(spec: CaseSpec) -> dict[str, bytes]:
         "output": {"output": ref["output"]},
         "grads": ref["grads"],
     }
-    files = {"case.json": json.dumps(case_record(spec, ref), indent=2, sort_keys=True).encode() + b"\n"}
+    record = case_record(spec, ref)
+    files = {"case.json": json.dumps(record, indent=2, sort_keys=True).encode() + b"\n"}
+    tensors["bounds"] = case_bounds(record, tensors)
     if spec.source_tasks:
         tensors["source"] = source_tensors(spec)
     for name, arrays in tensors.items():
@@ -217,10 +271,11 @@ def check_vectors_folder(out_dir: Path) -> None:
 
 class VectorCase(NamedTuple):
     record: dict
-    tensors: dict[str, dict[str, np.ndarray]]  # "params" | "inputs" | "output" | "grads" -> arrays
+    tensors: dict[str, dict[str, np.ndarray]]  # "params" | "inputs" | "output" | "grads" | "bounds" -> arrays
 
     @property
     def tol(self) -> Tol:
+        """case.json's flat tolerance: a coarse legacy hint for readers without the bounds, never a judgment."""
         t = self.record["tolerance"]
         return Tol(t["rtol"], t["atol"], t["reason"])
 
@@ -295,7 +350,7 @@ def read_case(vectors_dir: str | Path, name: str, *, check_hashes: bool = True) 
     except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{case_dir / 'case.json'}: expected JSON, got {exc_text(exc)}") from None
     tensors = {k: parse_safetensors(blobs[f"{k}.safetensors"], path=str(case_dir / f"{k}.safetensors"))[0]
-               for k in TENSOR_FILES}
+               for k in (*TENSOR_FILES, "bounds") if f"{k}.safetensors" in blobs}  # bounds: absent from older sets
     _check_case_sizes(case_dir, record, tensors)
     return VectorCase(record, tensors)
 
