@@ -53,33 +53,6 @@ VECTORS_LEGACY_HINT = {
     "float16": Tol(2e-2, 2e-2, "legacy hint, not the criterion (bounds.safetensors is): float16, ~40 ulp of 2^-11"),
 }
 
-# Flat ONNX tolerances, used only by the layout tests that compare graphs with each other or with torch
-# (tests/test_onnx_layout.py, test_onnx_export.py). Judging an export against the reference (parity,
-# verify --onnx) uses the error model below (ONNX_ROUNDING). Originally: exported graph vs the float64 reference, keyed by
-# (export dtype, provider). Applied as |got - want| <= atol * s + rtol * |want| with s = max |want| of
-# the prompt: prompts range from ~4e-4 (fresh MPT) to ~1 (encoders), and rounding error scales with
-# the terms of a sum, not its result. Measured on onnxruntime 1.32 CPU over random small configs
-# (T <= 4, D <= 8, H <= 5, L <= 3, params from the inits and U(-2, 2)): float32 <= 6e-7 s, float16
-# <= 2.6e-3 s (spec/onnx.md lists the per-module numbers).
-_ONNX_F32 = Tol(1e-6, 1e-5, "float32 graph: reordered sums and float32 sigmoid/tanh, measured <= 6e-7 s (~5 ulp)")
-_ONNX_F16 = Tol(1e-3, 1e-2, "float16 graph: parameters rounded to float16 (2^-11 each) and every node's result "
-                            "rounded, measured <= 2.6e-3 s")
-ONNX_PARITY = {
-    ("float32", "cpu"): _ONNX_F32,
-    ("float16", "cpu"): _ONNX_F16,
-    ("float32", "onnx-reference"): _ONNX_F32._replace(reason="float32 ONNX ReferenceEvaluator (NumPy kernels), "
-                                                              "measured <= 5e-7 s"),
-    ("float16", "onnx-reference"): _ONNX_F16._replace(reason="float16 ONNX ReferenceEvaluator, measured <= 2.4e-3 s"),
-    # CUDA: not measured by these tests (no GPU in CI); measured once on an H100: rel 1.3e-7 with
-    # TF32 off and ~5e-4 with TF32 on (MPT, D=4096, H100).
-    ("float32", "cuda"): _ONNX_F32._replace(reason="float32 CUDA EP with use_tf32=0: IEEE float32, other "
-                                                   "summation order (1.3e-7 rel measured on an H100)"),
-    ("float32", "cuda-tf32"): Tol(1e-3, 5e-3, "float32 CUDA EP with TF32 MatMul: inputs rounded to a 10-bit "
-                                              "mantissa (2^-11), ~5e-4 rel measured on an H100"),
-    ("float16", "cuda"): _ONNX_F16._replace(reason="float16 CUDA EP: as float16 CPU (float32 accumulation)"),
-    ("float16", "cuda-tf32"): _ONNX_F16._replace(reason="float16 CUDA EP: TF32 applies to float32 MatMul only"),
-}
-
 # Encoders in float32 against the same math in float64 (ours or PEFT's), atol scaled by max|want| + 1 at
 # the call site: T' <= 6 recurrent steps and three matmuls of float32 rounding (eps 6e-8) per output.
 F32_ENCODER = Tol(1e-5, 1e-5, "float32 encoder vs float64 / torch float32: rounding through LSTM steps and matmuls")

@@ -154,47 +154,38 @@ def _whole_cases(module: Any, batch: int) -> list[tuple[str, dict[str, np.ndarra
     return [(f"whole model, B={batch}", feeds)]
 
 
-def _whole_expected(module: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """float64 logits; NaN at an invalid input id's position, on the prompt positions of an invalid task."""
+def _whole_expected(module: Any, feeds: dict[str, np.ndarray], provider: str) -> tuple[np.ndarray, np.ndarray]:
+    """float64 logits (NaN at an invalid input id's position, on the prompt positions of an invalid task) and
+    their error-model bound per entry: the folded prompt's bounds for a float32 graph on ``provider``
+    (parity's), carried through (embeds * mask) @ U by the same algebra; the word rows are exact."""
+    from mpt_ref.judge.error_bound import Bounded, ErrorAlgebra
+    from onnx_export._spec import module_spec
+    from onnx_export.parity import expected_with_bound, onnx_rounding
+
     W, U = (a.astype(np.float64) for a in _whole_weights(module.token_dim))
     ids = feeds["input_ids"]
     B, T = ids.shape[0], module.total_virtual_tokens
     ok = (ids >= 0) & (ids < V_WORDS)
     words = W[np.where(ok, ids, 0)]
     words[~ok] = np.nan
-    idx = np.tile(np.arange(T), (B, 1))
-    p64 = {k: v.astype(np.float64) for k, v in module.state_dict().items()}
+    prompt_feeds = {"indices": np.tile(np.arange(T), (B, 1))}
     if hasattr(module, "num_tasks"):
-        from mpt_ref.core.mpt import mpt_forward
-
-        t = np.broadcast_to(feeds["task_ids"], (B,))
-        t_ok = (t >= 0) & (t < module.num_tasks)
-        prompt = mpt_forward(p64, idx, np.where(t_ok, t, 0))[0]
-        prompt[~t_ok] = np.nan
-    else:
-        from onnx_export._spec import module_spec
-        from onnx_export.reference import module_math
-
-        prompt = module_math(module_spec(module), idx)
-    mask = np.concatenate([np.ones((B, T)), feeds["attention_mask"]], axis=1)
-    return (np.concatenate([prompt, words], axis=1) * mask[..., None]) @ U
+        prompt_feeds["task_ids"] = np.broadcast_to(feeds["task_ids"], (B,))
+    rounding = onnx_rounding("float32", provider)
+    prompt, bound = expected_with_bound(module_spec(module), prompt_feeds, "folded", rounding)
+    alg = ErrorAlgebra(rounding)
+    e = np.concatenate([bound, np.zeros_like(words)], axis=1)
+    embeds = Bounded(np.concatenate([prompt, words], axis=1), e, e)  # s = e: the worst case stands for both
+    mask = alg.exact(np.concatenate([np.ones((B, T)), feeds["attention_mask"]], axis=1)[..., None])
+    logits = alg.matmul(alg.mul(embeds, mask), alg.exact(U))
+    return logits.v, logits.bound(alg.lam)
 
 
-def _judge_whole(name: str, provider: str, got: np.ndarray, want: np.ndarray) -> tuple[bool, str]:
-    from mpt_ref.tolerances import ONNX_PARITY
+def _judge_whole(name: str, provider: str, got: np.ndarray, want: np.ndarray, bound: np.ndarray) -> tuple[bool, str]:
+    from mpt_ref.judge.bounds import check_tensor
 
-    tol = ONNX_PARITY[("float32", "cpu")]
-    nan_want = np.isnan(want)
-    if got.shape != want.shape:
-        return False, f"{name}: shape {got.shape}, expected {want.shape}"
-    if not np.array_equal(np.isnan(got), nan_want):
-        return False, f"{name}: NaN at {int(np.isnan(got).sum())} entries, expected {int(nan_want.sum())}"
-    s = float(np.abs(want[~nan_want]).max(initial=0.0))
-    err = np.abs(got[~nan_want] - want[~nan_want])
-    bound = tol.atol * s + tol.rtol * np.abs(want[~nan_want])
-    if (err > bound).any():
-        return False, f"{name}: max |diff| {err.max():.3g} outside {tol.reason}"
-    return True, ""
+    check = check_tensor(name, "logits", got, want, bound, provider=provider, nan_expected=True)
+    return check.ok, "" if check.ok else f"{name}: {check.describe()}"
 
 
 # --- one graph on one provider ------------------------------------------------------------------------------
@@ -248,7 +239,7 @@ def run_graph(name: str, provider: str) -> dict[str, Any]:
                 got = runner.run(feeds)
             except Exception as exc:  # noqa: BLE001
                 return {**result, "verdict": "refused", "reason": f"{case}: {type(exc).__name__}: {str(exc)[:160]}"}
-            ok, why = _judge_whole(case, provider, got, _whole_expected(module, feeds))
+            ok, why = _judge_whole(case, provider, got, *_whole_expected(module, feeds, provider))
             if not ok:
                 result.update(verdict="wrong", reason=why)
     else:

@@ -1,7 +1,9 @@
 """Serving without torch: the prompt-prepend graph, the whole-model composition with a hand-built base
 graph, the TensorRT-LLM prompt table and its lookup, the Triton model repository (spec/serving.md).
 
-Expected values come from the modules' NumPy forward and W indexed by hand, never from the graphs."""
+Expected values come from the modules' float64 reference and W indexed by hand, never from the graphs; the
+prompt part of every graph is judged with the error model (per-entry bounds of a float32 / float16 graph,
+tolerances.ONNX_ROUNDING), the word rows must be W's rows bit for bit."""
 
 from __future__ import annotations
 
@@ -37,12 +39,14 @@ from mpt_ref.serve.prompt_table import (
 )
 from mpt_ref.serve.triton import model_signature, triton_config, write_triton_repository
 from mpt_ref.serve.whole_model import compose_model, read_word_embeddings
-from mpt_ref.testing.assertions import assert_close
-from mpt_ref.tolerances import ONNX_PARITY
+from mpt_ref.judge.bounds import check_tensor
+from mpt_ref.judge.error_bound import Bounded, ErrorAlgebra
+from mpt_ref.tolerances import ONNX_ROUNDING
+from onnx_export._spec import module_spec
+from onnx_export.parity import check_output, expected_with_bound
 from onnx_export.prepend import build_prepend_model
 
 N, D, K, V = 3, 4, 3, 11
-F32 = ONNX_PARITY[("float32", "cpu")]
 
 
 def modules(task_type="CAUSAL_LM"):
@@ -56,13 +60,34 @@ def modules(task_type="CAUSAL_LM"):
     }
 
 
-def module_prompt(module, tasks):
-    """(B, T, D): the module's NumPy forward on PEFT's indices arange(T)."""
-    T = module.total_virtual_tokens
-    idx = np.tile(np.arange(T), (len(tasks), 1))
+def prompt_feeds(module, tasks):
+    """The module graph's feeds for PEFT's rows: indices arange(T) per request (and task_ids, MPT)."""
+    feeds = {"indices": np.tile(np.arange(module.total_virtual_tokens), (len(tasks), 1))}
     if isinstance(module, MultitaskPromptEmbedding):
-        return module.forward(idx, tasks)
-    return module.forward(idx)
+        feeds["task_ids"] = np.asarray(tasks)
+    return feeds
+
+
+def assert_prompt_conforms(label, module, tasks, got, dtype="float32", variant="faithful"):
+    """got (B, T, D): the prompt rows a graph gave for PEFT's rows, judged against the module's float64
+    reference within the error model's per-entry bound of a ``dtype`` graph on CPU (as parity judges)."""
+    __tracebackhide__ = True
+    check = check_output(label, module, prompt_feeds(module, tasks), got, dtype=dtype, variant=variant)
+    assert check.ok, check.describe()
+
+
+def assert_prepended(label, module, tasks, embeds, words, dtype="float32", prompt_rows=None, variant="faithful"):
+    """inputs_embeds = [prompt, W[ids]]: the prompt within its bounds, the word rows W's rows exactly."""
+    __tracebackhide__ = True
+    T = prompt_rows or module.total_virtual_tokens
+    if prompt_rows is None:
+        assert_prompt_conforms(label, module, tasks, embeds[:, :T], dtype, variant)
+    else:  # seq2seq encoder side: the first N of the module's T rows
+        want, bound = expected_with_bound(module_spec(module), prompt_feeds(module, tasks), variant,
+                                          ONNX_ROUNDING[(dtype, "cpu")])
+        check = check_tensor(label, "output", embeds[:, :T], want[:, :T], bound[:, :T])
+        assert check.ok, check.describe()
+    np.testing.assert_array_equal(embeds[:, T:], words.astype(embeds.dtype))
 
 
 def run(model, feeds):
@@ -85,9 +110,8 @@ def test_prepend_graph_is_pefts_concat(kind, variant):
     if kind == "mpt":
         feeds["task_ids"] = TASKS
     embeds, mask = run(model, feeds)
-    want = np.concatenate([module_prompt(module, TASKS), W[IDS]], axis=1)  # B,N+S,D
     assert embeds.shape == (2, N + 5, D) and embeds.dtype == np.float32
-    assert_close(f"{kind} {variant} inputs_embeds", embeds, want, F32._replace(atol=F32.atol * np.abs(want).max()))
+    assert_prepended(f"{kind} {variant} inputs_embeds", module, TASKS, embeds, W[IDS], variant=variant)  # B,N+S,D
     np.testing.assert_array_equal(mask, np.concatenate([np.ones((2, N), dtype=np.int64), MASK], axis=1))
     assert mask.dtype == np.int64
     # composed from the exported prompt graph: its PEFT-named initializers are there, unprefixed
@@ -121,9 +145,7 @@ def test_prepend_graph_float16_and_bool_mask():
     model = build_prepend_model(module, W, dtype="float16", mask_dtype=TensorProto.BOOL)
     embeds, mask = run(model, {"input_ids": IDS, "attention_mask": MASK.astype(bool)})
     assert embeds.dtype == np.float16 and mask.dtype == bool
-    want = np.concatenate([module_prompt(module, TASKS), W[IDS]], axis=1)
-    tol = ONNX_PARITY[("float16", "cpu")]
-    assert_close("float16 inputs_embeds", embeds, want, tol._replace(atol=tol.atol * np.abs(want).max()))
+    assert_prepended("float16 inputs_embeds", module, TASKS, embeds, W[IDS], dtype="float16")
     np.testing.assert_array_equal(mask[:, :N], True)
 
 
@@ -136,8 +158,8 @@ def test_prepend_graph_seq2seq_encoder_side(kind):
     if kind == "mpt":
         feeds["task_ids"] = TASKS
     embeds, mask = run(build_prepend_model(module, W), feeds)
-    want = np.concatenate([module_prompt(module, TASKS)[:, :N], W[IDS]], axis=1)
-    assert_close("seq2seq encoder inputs_embeds", embeds, want, F32._replace(atol=F32.atol * np.abs(want).max()))
+    assert embeds.shape == (2, N + 5, D)
+    assert_prepended("seq2seq encoder inputs_embeds", module, TASKS, embeds, W[IDS], prompt_rows=N)
     assert mask.shape == (2, N + 5)
 
 
@@ -171,10 +193,17 @@ def test_compose_model_gives_base_of_peft_inputs(opset):
     module = modules()["mpt"]
     model = compose_model(module, base_graph(opset=opset), W)
     (logits,) = run(model, {"input_ids": IDS, "attention_mask": MASK, "task_ids": TASKS})
-    embeds = np.concatenate([module_prompt(module, TASKS), W[IDS]], axis=1)
-    mask = np.concatenate([np.ones((2, N)), MASK], axis=1)
-    want = (embeds * mask[..., None]) @ U
-    assert_close("toy logits", logits, want, F32._replace(atol=F32.atol * np.abs(want).max()))
+    # the error model through the toy base: the prompt rows' bounds, then (embeds * mask) @ U in float32
+    rounding = ONNX_ROUNDING[("float32", "cpu")]
+    prompt, bound = expected_with_bound(module_spec(module), prompt_feeds(module, TASKS), "folded", rounding)
+    alg = ErrorAlgebra(rounding)
+    words = alg.exact(W[IDS])  # rows of a float32 table: exact
+    embeds = Bounded(np.concatenate([prompt, words.v], axis=1), np.concatenate([bound, words.e], axis=1),
+                     np.concatenate([bound, words.s], axis=1))  # s = e: the worst case stands for both
+    mask = alg.exact(np.concatenate([np.ones((2, N)), MASK], axis=1)[..., None])
+    want = alg.matmul(alg.mul(embeds, mask), alg.exact(U))
+    check = check_tensor("toy logits", "logits", logits, want.v, want.bound(alg.lam))
+    assert check.ok, check.describe()
     assert [o.version for o in model.opset_import if o.domain == ""] == [opset]
 
 
@@ -241,8 +270,7 @@ def test_prompt_table_rows_are_the_prompts(kind):
     table = prompt_table(module)
     tasks = list(range(K)) if kind == "mpt" else [0]
     assert table.shape == (len(tasks), N, D) and table.dtype == np.float32
-    want = module_prompt(module, np.array(tasks))
-    assert_close(f"{kind} table", table, want, F32._replace(atol=F32.atol * np.abs(want).max()))
+    assert_prompt_conforms(f"{kind} table", module, tasks, table)  # float64, rounded once to float32
 
 
 def test_trtllm_lookup_by_hand():
