@@ -2,7 +2,8 @@
 
     <dir>/index.json, README.md       the vectors format (``mpt-ref verify --vectors <dir>`` reads it)
     <dir>/<case>/case.json            the protocol's case record (every config field explicit) plus the
-                                      vectors' fields (tolerance: a legacy hint, never a judgment; spec_version, description)
+                                      vectors' fields (tolerance: a legacy hint, never a judgment;
+                                      spec_version, description)
     <dir>/<case>/params.safetensors, inputs.safetensors   as a protocol case directory
     <dir>/<case>/output.safetensors   the float64 reference output (key "output")
     <dir>/<case>/grads.safetensors    the float64 reference gradients (PEFT keys)

@@ -350,7 +350,8 @@ def lstm_layer_bound(alg: ErrorAlgebra, params: Params, x: Bounded, layer: int) 
     """Bidirectional layer ``layer`` of the stack (PEFT keys): y (B,T,2H) = [forward, reverse], their caches."""
     outs, caches = [], []
     for suffix, rev in (("", False), ("_reverse", True)):
-        ws = [alg.param(params[f"lstm_head.{n}_l{layer}{suffix}"]) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        ws = [alg.param(params[f"lstm_head.{n}_l{layer}{suffix}"]) for n in names]
         y, cache = lstm_direction_bound(alg, x, *ws, rev)
         outs.append(y)
         caches.append(cache)
