@@ -69,7 +69,7 @@ def _main(args: argparse.Namespace) -> int:
     _check_outputs(args, s.replicates)
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     t0, c0 = time.perf_counter(), time.process_time()
-    progress(f"train-demo: {s.replicates} replicates of the {s.family!r} family, shots {list(s.shots)}, "
+    progress(f"train-demo: {s.replicates} replicate(s) of the {s.family!r} family, shots {list(s.shots)}, "
              f"{jobs} process{'es' if jobs > 1 else ''}")
     with tempfile.TemporaryDirectory() as tmp:
         reps = run(s, Path(args.out or tmp), progress=progress, jobs=jobs)

@@ -48,7 +48,7 @@ def png_bytes(doc: dict[str, Any]) -> bytes:
     left.set_xticks(shots, [str(k) for k in shots])
     left.set_xlabel("target training examples per class (shots)")
     left.set_ylabel("test accuracy (mean, 95 % CI band over replicates)")
-    left.set_title(f"Few-shot target adaptation ({doc['replicates']} replicates)")
+    left.set_title(f"Few-shot target adaptation ({doc['replicates']} replicate{'s' if doc['replicates'] != 1 else ''})")
     left.legend(fontsize=6.5, ncol=2, loc="lower right")
     for name, curve in doc["curves"].items():
         right.plot(curve["steps"], curve["mean"], marker=".", label=name)

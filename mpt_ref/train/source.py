@@ -114,6 +114,8 @@ def source_stage(model: BaseModel, sources: list[Task], s: Any, checkpoint: Path
     average.load_state_dict({"embedding.weight": sd["embedding.weight"],
                              "prefix_task_cols": sd["prefix_task_cols"].mean(axis=0, keepdims=True),
                              "prefix_task_rows": sd["prefix_task_rows"].mean(axis=0, keepdims=True)})
+    shared = with_shared_prompt(MultitaskPromptEmbedding(mpt_config(s, 1), seed=0, dtype=np.float64),
+                                sd["embedding.weight"])
     as_task0 = [Batch(*b[:3], 0) for b in final_sets]  # a K = 1 module reads every set as its task 0
     acc = {
         "teachers": [accuracy(model, teachers[t], final_sets[t]) for t in range(K)],
@@ -121,6 +123,7 @@ def source_stage(model: BaseModel, sources: list[Task], s: Any, checkpoint: Path
         "MPT no distillation": [accuracy(model, mpts["mpt_plain"], b) for b in final_sets],
         "multitask prompt": [accuracy(model, multitask, b) for b in final_sets],
         "mean of teachers": [accuracy(model, _table(s, mean_table), b) for b in final_sets],
+        "MPT shared prompt P* alone": [accuracy(model, shared, b) for b in as_task0],
         "MPT AVERAGE_SOURCE_TASKS config": [accuracy(model, average, b) for b in as_task0],
     }
     curves = {"teachers (mean)": list(np.mean(teacher_curves, axis=0)), "multitask prompt": hist_mt["accuracy"],
