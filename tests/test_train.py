@@ -261,7 +261,7 @@ def _has_matplotlib():
 def quick_run(tmp_path_factory):
     """One `train-demo --quick` run (with --plot when matplotlib is there): (stdout, json path, png path)."""
     out = tmp_path_factory.mktemp("quick")
-    argv = ["train-demo", "--quick", "--seed", "3", "--json", str(out / "r.json")]
+    argv = ["train-demo", "--quick", "--seed", "3", "--markdown", "--json", str(out / "r.json")]
     if _has_matplotlib():
         argv += ["--plot", str(out / "r.png")]
     buf = io.StringIO()
@@ -276,6 +276,7 @@ def test_quick_mode_prints_every_method_the_contrasts_and_a_caption(quick_run):
         assert m.name in text
     assert "chance 0.500" in text and "paired contrasts" in text and "MPT beats PT random" in text
     assert "source-task accuracy" in text and "parameters stored" in text
+    assert "| method | params/task | zero-shot | 4 shots | 32 shots |" in text  # --markdown
 
 
 def test_json_holds_the_documented_schema(quick_run):

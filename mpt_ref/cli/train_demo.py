@@ -60,7 +60,7 @@ def _main(args: argparse.Namespace) -> int:
 
     from mpt_ref.io.atomic import atomic_write_bytes
     from mpt_ref.train.experiment import QUICK, Settings, check, run
-    from mpt_ref.train.report import caption, format_table, summarize
+    from mpt_ref.train.report import caption, format_table, markdown_table, summarize
 
     s = QUICK if args.quick else Settings()
     changes = {k: v for k, v in (("replicates", args.replicates), ("shots", args.shots), ("family", args.family),
@@ -77,6 +77,8 @@ def _main(args: argparse.Namespace) -> int:
     out = report_stream(args)
     print(format_table(doc), file=out)
     print("\n" + caption(doc), file=out)
+    if args.markdown:
+        print("\n" + markdown_table(doc), file=out)
     write_json(args.json, doc, args.force)
     if args.plot:
         from mpt_ref.train.plot import png_bytes
@@ -101,6 +103,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=seed_int, help="seed of the whole run (default 0); equal seeds give equal output")
     p.add_argument("--jobs", type=positive_int, help="processes running replicates (default min(2, CPUs)); "
                                                      "results do not depend on it")
+    p.add_argument("--markdown", action="store_true", help="also print the README's markdown tables for this run")
     add_json(p, "the results (chance, results, contrasts, source accuracies, curves)")
     p.add_argument("--plot", metavar="PATH.png", help="write the figure as PNG (needs the plot extra: "
                                                       "pip install 'mpt-ref[plot]')")

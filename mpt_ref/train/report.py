@@ -92,6 +92,26 @@ def format_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown_table(doc: dict[str, Any]) -> str:
+    """The README's table: method × shots with the zero-shot column, then MPT − each method."""
+    shots = sorted({r["shots"] for r in doc["results"]})
+    by = {(r["method"], r["shots"]): r for r in doc["results"]}
+    lines = ["| method | params/task | zero-shot | " + " | ".join(f"{k} shots" for k in shots) + " |",
+             "|---|---|---|" + "---|" * len(shots)]
+    for m in doc["methods"]:
+        zero = np.mean([by[m["method"], k]["zero_shot"] for k in shots])
+        lines.append(f"| {m['method']} | {m['params']} | {zero:.3f} | "
+                     + " | ".join(_cell(by[m['method'], k]['mean'], by[m['method'], k]['ci95']) for k in shots) + " |")
+    lines += ["", "| MPT − … (paired) | " + " | ".join(f"{k} shots" for k in shots) + " |",
+              "|---|" + "---|" * len(shots)]
+    for m in doc["methods"]:
+        if m["method"] != HEADLINE:
+            cs = [_contrast(doc, m["method"], k) for k in shots]
+            lines.append(f"| {m['method']} | " + " | ".join(f"{_cell(c['mean'], c['ci95'], True)} {c['signs']}"
+                                                              for c in cs) + " |")
+    return "\n".join(lines)
+
+
 def _contrast(doc: dict[str, Any], b: str, k: int) -> dict[str, Any]:
     return next(c for c in doc["contrasts"] if c["b"] == b and c["shots"] == k)
 
