@@ -113,8 +113,9 @@ METHODS = (
            "PEFT init: E = P*, factors = mean of the source cols times mean of the source rows"),
     Method("MPT EXACT_SOURCE_TASK", "transfer", _peft_init("EXACT_SOURCE_TASK"),
            "PEFT init: E = P*, factors of the source task that scores best on the training shots"),
-    Method("MPT ONLY_SOURCE_SHARED", "transfer", _peft_init("ONLY_SOURCE_SHARED"),
-           "PEFT init: E = P*, factors from PEFT's N(0, 0.02^2) (the prompt starts ~4e-4 x P*)"),
+    Method("MPT ONLY_SOURCE_SHARED", "scratch", _peft_init("ONLY_SOURCE_SHARED"),
+           "PEFT init: E = P*, factors from PEFT's N(0, 0.02^2) (the prompt starts ~4e-4 x P*, so it gets the "
+           "from-scratch grid)"),
     Method("P-tuning MLP", "encoder", _encoder("MLP"), "P-tuning, MLP reparameterization, H = D, random init"),
     Method("P-tuning LSTM", "encoder", _encoder("LSTM"), "P-tuning, LSTM reparameterization, H = D, random init"),
 )
