@@ -244,7 +244,26 @@ def test_summary_contrasts_are_paired_differences_per_replicate(tmp_path):
     diffs = [r["accuracy"]["MPT"][2] - r["accuracy"]["PT random"][2] for r in reps]
     assert c["mean"] == pytest.approx(sum(diffs) / 2)
     assert c["signs"] == "".join("+" if d > 0 else "-" if d < 0 else "0" for d in diffs)
-    assert "MPT beats PT random" in caption(doc) or "MPT" in caption(doc)
+
+
+def _fake_replicate(r, acc):
+    names = [m.name for m in METHODS]
+    return {"accuracy": {n: {4: acc.get(n, 0.6) + 0.001 * r} for n in names},
+            "zero_shot": {n: {4: 0.5} for n in names}, "lr": {n: {4: 0.01} for n in names},
+            "params": {n: 256 for n in names}, "stored": {"MPT": 496},
+            "source_accuracy": {"MPT": 0.9, "MPT shared prompt P* alone": 0.7, "MPT AVERAGE_SOURCE_TASKS config": 0.75},
+            "curves": {"MPT": [0.6, 0.8]}}
+
+
+def test_caption_says_where_mpt_loses_and_where_it_wins():
+    s = dataclasses.replace(TINY, shots=(4,))
+    reps = [_fake_replicate(r, {"MPT": 0.70 + 0.01 * (r % 2), "PT random": 0.58, "PT multitask prompt": 0.76})
+            for r in range(4)]
+    text = caption(summarize(reps, s))
+    assert "MPT beats PT random by +0.125 at 4 shots per class (the 95 % CI excludes 0; 4 of 4 replicates)" in text
+    assert "MPT loses, with the CI excluding 0, to: PT multitask prompt at 4 shots (-0.055)" in text
+    noisy = [_fake_replicate(r, {"MPT": 0.6 + (0.2 if r % 2 else -0.2), "PT random": 0.58}) for r in range(4)]
+    assert "the 95 % CI includes 0" in caption(summarize(noisy, s))
 
 
 # ---- the command ----------------------------------------------------------------------------------------
