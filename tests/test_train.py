@@ -260,7 +260,7 @@ def test_caption_says_where_mpt_loses_and_where_it_wins():
     reps = [_fake_replicate(r, {"MPT": 0.70 + 0.01 * (r % 2), "PT random": 0.58, "PT multitask prompt": 0.76})
             for r in range(4)]
     text = caption(summarize(reps, s))
-    assert "MPT beats PT random by +0.125 at 4 shots per class (the 95 % CI excludes 0; 4 of 4 replicates)" in text
+    assert "MPT − PT random = +0.125 at 4 shots per class (the 95 % CI excludes 0; MPT ahead in 4 of 4 replicates)" in text
     assert "MPT loses, with the CI excluding 0, to: PT multitask prompt at 4 shots (-0.055)" in text
     noisy = [_fake_replicate(r, {"MPT": 0.6 + (0.2 if r % 2 else -0.2), "PT random": 0.58}) for r in range(4)]
     assert "the 95 % CI includes 0" in caption(summarize(noisy, s))
@@ -293,7 +293,7 @@ def test_quick_mode_prints_every_method_the_contrasts_and_a_caption(quick_run):
     text = quick_run[0]
     for m in METHODS:
         assert m.name in text
-    assert "chance 0.500" in text and "paired contrasts" in text and "MPT beats PT random" in text
+    assert "chance 0.500" in text and "paired contrasts" in text and "MPT − PT random = " in text
     assert "source-task accuracy" in text and "parameters stored" in text
     assert "| method | params/task | zero-shot | 4 shots | 32 shots |" in text  # --markdown
 

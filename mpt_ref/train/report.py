@@ -116,6 +116,12 @@ def _contrast(doc: dict[str, Any], b: str, k: int) -> dict[str, Any]:
     return next(c for c in doc["contrasts"] if c["b"] == b and c["shots"] == k)
 
 
+def _trend(first: float, rest: list[float]) -> str:
+    if not rest or any(d * first <= 0 for d in rest):
+        return ""
+    return ": the gap narrows as target data grows" if abs(rest[-1]) < abs(first) else ": the gap does not narrow"
+
+
 def caption(doc: dict[str, Any]) -> str:
     """What the numbers show and what they do not, each sentence computed from doc."""
     shots = sorted({r["shots"] for r in doc["results"]})
@@ -125,11 +131,11 @@ def caption(doc: dict[str, Any]) -> str:
     iv = Interval(main["mean"], float("nan") if main["ci95"] is None else main["ci95"], R)
     verdict = ("one replicate: no interval" if main["ci95"] is None else "the 95 % CI excludes 0"
                if excludes_zero(iv) else "the 95 % CI includes 0: no measured difference")
-    say.append(f"MPT beats {BASELINE} by {main['mean']:+.3f} at {k0} shots per class ({verdict}; "
-               f"{main['signs'].count('+')} of {R} replicates); at "
-               + ", ".join(f"{k} shots {_contrast(doc, BASELINE, k)['mean']:+.3f}" for k in shots[1:])
-               + " the gap " + ("narrows as target data grows." if len(shots) > 1 and
-                                _contrast(doc, BASELINE, shots[-1])['mean'] < main['mean'] else "stays."))
+    rest = [_contrast(doc, BASELINE, k)["mean"] for k in shots[1:]]
+    say.append(f"MPT − {BASELINE} = {main['mean']:+.3f} at {k0} shots per class ({verdict}; MPT ahead in "
+               f"{main['signs'].count('+')} of {R} replicates)"
+               + "".join(f", {d:+.3f} at {k} shots" for k, d in zip(shots[1:], rest))
+               + _trend(main["mean"], rest) + ".")
     losses, ties = [], []
     for m in doc["methods"]:
         if m["method"] == HEADLINE:
