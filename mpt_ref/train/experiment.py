@@ -49,7 +49,8 @@ class Settings:
     temperature: float = 2.0
     target_steps: int = 60     # full-batch Adam steps on the target's shots
     lr_grids: tuple[tuple[str, tuple[float, ...]], ...] = (  # Adam learning rates tried on the dev targets
-        ("scratch", (0.03, 0.1, 0.3, 1.0)), ("transfer", (0.003, 0.01, 0.03)), ("encoder", (0.003, 0.01, 0.03, 0.1)))
+        ("scratch", (0.03, 0.1, 0.3, 1.0, 3.0)), ("transfer", (0.001, 0.003, 0.01, 0.03)),
+        ("encoder", (0.003, 0.01, 0.03, 0.1, 0.3)))
     test_examples: int = 256   # per test target (and per source task for source accuracies)
     dev_examples: int = 128
     curve_examples: int = 64   # per source task, for the source-stage learning curves
