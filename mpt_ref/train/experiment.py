@@ -1,152 +1,176 @@
-"""Stage 1 (source training) and stage 2 (target adaptation) of MPT, and the comparison table.
+"""The few-shot experiment behind ``mpt-ref train-demo`` (spec/training.md).
 
-Stage 1: one teacher prompt (PromptEmbedding) per source task; then a multitask prompt
-(MultitaskPromptEmbedding, K = source tasks) trained on all of them with CE + α·KL + β·MSE against the
-teachers (α = β = 0 is PEFT's plain multitask training), saved as a PEFT MPT source checkpoint.
-Stage 2: for a held-out task, a K = 1 target prompt initialised from that checkpoint by each PEFT init,
-against random-init prompt tuning and P-tuning (MLP, LSTM), same steps and learning rate, several seeds.
+One replicate = a new frozen base model, a new draw of the task family (source tasks, dev targets,
+test targets), a new source stage (source.py), learning rates chosen per method and shot count on the
+dev targets, then every method (methods.py) adapted to every test target from the same few shots.
+Replicates are independent, so they may run in parallel processes with identical results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from mpt_ref.io.checkpoint import write_safetensors
-from mpt_ref.modules.config import (
-    MultitaskPromptTuningConfig,
-    PromptEncoderConfig,
-    PromptTuningConfig,
-)
-from mpt_ref.modules.multitask import MultitaskPromptEmbedding
-from mpt_ref.modules.prompt_embedding import PromptEmbedding
-from mpt_ref.modules.prompt_encoder import PromptEncoder
+from mpt_ref.errors import ConfigError
 from mpt_ref.train.base_model import BaseModel
-from mpt_ref.train.data import Task, make_tasks, sample
+from mpt_ref.train.data import FamilySpec, make_family, sample
 from mpt_ref.train.loop import Batch, accuracy, train, trainable_count
+from mpt_ref.train.methods import METHODS, Context, Method
+from mpt_ref.train.source import source_stage
+
+CHANCE = 0.5  # every set has exactly half of each class (data.sample)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    vocab: int = 48
-    dim: int = 16
-    length: int = 8
-    tokens: int = 4          # N virtual tokens
-    sources: int = 3
-    targets: int = 2
-    group: int = 4           # key tokens per class and task
-    batch: int = 32
-    teacher_steps: int = 60
-    source_steps: int = 150
-    target_steps: int = 40
-    target_examples: int = 32  # few-shot: the target task's whole training set
-    lr: float = 0.2
-    alpha: float = 1.0       # KL weight
-    beta: float = 1.0        # hidden-state MSE weight
-    task_weights: tuple[float, ...] = ()  # λ_t per source task (empty: all 1)
-    seeds: int = 3
-    threshold: float = 0.7   # accuracy for "steps to reach"
-    every: int = 5           # evaluation interval (steps)
+    family: str = "lexicon"
+    spec: FamilySpec = FamilySpec()
+    dim: int = 32              # D
+    tokens: int = 8            # N virtual tokens
+    sources: int = 6
+    dev_targets: int = 2       # only for choosing learning rates
+    test_targets: int = 4
+    shots: tuple[int, ...] = (4, 16, 32)  # training examples per class on a target
+    draws: int = 2             # independent training sets per test target and shot count
+    replicates: int = 4
+    batch: int = 32            # source-stage batch (fresh examples every step)
+    teacher_steps: int = 400
+    teacher_lr: float = 0.1
+    multitask_steps: int = 1800  # multitask prompt and MPT, round robin over the sources
+    multitask_lr: float = 0.03
+    alpha: float = 1.0         # KL weight (distillation)
+    beta: float = 0.1          # hidden-state MSE weight
+    temperature: float = 2.0
+    target_steps: int = 60     # full-batch Adam steps on the target's shots
+    lr_grids: tuple[tuple[str, tuple[float, ...]], ...] = (  # Adam learning rates tried on the dev targets
+        ("scratch", (0.03, 0.1, 0.3, 1.0, 3.0)), ("transfer", (0.001, 0.003, 0.01, 0.03)),
+        ("encoder", (0.003, 0.01, 0.03, 0.1, 0.3)))
+    test_examples: int = 256   # per test target (and per source task for source accuracies)
+    dev_examples: int = 128
+    curve_examples: int = 64   # per source task, for the source-stage learning curves
+    curve_every: int = 100
     seed: int = 0
 
-
-QUICK = Settings(teacher_steps=10, source_steps=10, target_steps=10, seeds=1, every=5)
-
-
-def batches_for(task: Task, task_id: int, s: Settings, rng: np.random.Generator) -> Callable[[int], Batch]:
-    return lambda step: Batch(*sample(task, s.batch, s.length, s.vocab, rng), task_id)
+    def grid(self, name: str) -> tuple[float, ...]:
+        return dict(self.lr_grids)[name]
 
 
-def multitask_batches(tasks: list[Task], s: Settings, rng: np.random.Generator) -> Callable[[int], Batch]:
-    return lambda step: Batch(*sample(tasks[step % len(tasks)], s.batch, s.length, s.vocab, rng), step % len(tasks))
+QUICK = Settings(replicates=1, sources=4, dev_targets=1, test_targets=2, shots=(4, 32), draws=1, teacher_steps=150,
+                 multitask_steps=300, target_steps=30, curve_every=50, test_examples=128, dev_examples=64,
+                 lr_grids=(("scratch", (0.1,)), ("transfer", (0.01,)), ("encoder", (0.01,))))
 
 
-def source_stage(model: BaseModel, sources: list[Task], s: Settings, path: Path, *, overwrite: bool = False,
-                 progress: Callable[[str], None] = print) -> dict[str, Any]:
-    rng = np.random.default_rng(s.seed + 1)
-    teachers = {}
-    for t, task in enumerate(sources):
-        teacher = PromptEmbedding(PromptTuningConfig(num_virtual_tokens=s.tokens, token_dim=s.dim), seed=s.seed + t,
-                                  dtype=np.float64)
-        hist = train(model, teacher, batches_for(task, 0, s, rng), s.teacher_steps, s.lr)
-        teachers[t] = teacher
-        progress(f"  teacher {task.name}: loss {hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}")
-    cfg = MultitaskPromptTuningConfig(num_virtual_tokens=s.tokens, token_dim=s.dim, num_tasks=len(sources), num_ranks=1)
-    student = MultitaskPromptEmbedding(cfg, seed=s.seed, dtype=np.float64)
-    student.load_state_dict({"embedding.weight": np.mean([t.state_dict()["embedding.weight"] for t in teachers.values()],
-                                                         axis=0)}, strict=False)  # start from the teachers' mean
-    ones = {"prefix_task_cols": np.ones_like(student.state_dict()["prefix_task_cols"]),
-            "prefix_task_rows": np.ones_like(student.state_dict()["prefix_task_rows"])}
-    student.load_state_dict(ones, strict=False)  # rank-1 all-ones factors: P_t = 1, the shared prompt itself
-    hist = train(model, student, multitask_batches(sources, s, rng), s.source_steps, s.lr,
-                 teachers=teachers, alpha=s.alpha, beta=s.beta, task_weights=dict(enumerate(s.task_weights)))
-    progress(f"  multitask prompt (α={s.alpha}, β={s.beta}): loss {hist['loss'][0]:.3f} -> {hist['loss'][-1]:.3f}")
-    sd = student.state_dict()
-    write_safetensors(path, {"prompt_embeddings": sd["embedding.weight"].astype(np.float32),
-                             "prefix_task_cols": sd["prefix_task_cols"].astype(np.float32),
-                             "prefix_task_rows": sd["prefix_task_rows"].astype(np.float32)}, overwrite=overwrite)
-    return {"teachers": teachers, "student": student, "history": hist}
+def check(s: Settings) -> Settings:
+    for name in ("replicates", "draws", "sources", "dev_targets", "test_targets", "target_steps"):
+        if getattr(s, name) < 1:
+            raise ConfigError(f"{name}: expected >= 1, got {getattr(s, name)}")
+    if not s.shots or any(k < 1 for k in s.shots) or len(set(s.shots)) != len(s.shots):
+        raise ConfigError(f"shots: expected distinct examples-per-class counts >= 1, got {list(s.shots)}")
+    return s
 
 
-def target_methods(s: Settings, source: Path, closest: int, seed: int) -> dict[str, Any]:
-    """Fresh modules for every method compared on a target task (K = 1 MPT targets)."""
-    mpt = lambda init, **kw: MultitaskPromptEmbedding(  # noqa: E731
-        MultitaskPromptTuningConfig(num_virtual_tokens=s.tokens, token_dim=s.dim, num_ranks=1, prompt_tuning_init=init,
-                                    prompt_tuning_init_state_dict_path=str(source), **kw), seed=seed, dtype=np.float64)
-    enc = lambda kind: PromptEncoder(PromptEncoderConfig(  # noqa: E731
-        num_virtual_tokens=s.tokens, token_dim=s.dim, encoder_hidden_size=s.dim, encoder_reparameterization_type=kind),
-        seed=seed, dtype=np.float64).eval()
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _adapt(ctx: Context, method: Method, lr: float, test: Batch) -> tuple[float, float, list[float]]:
+    """(accuracy before training, after, losses) of one method on one target's shots."""
+    module = method.build(ctx)
+    zero = accuracy(ctx.model, module, test)
+    hist = train(ctx.model, module, lambda step: ctx.shots, ctx.s.target_steps, lr)
+    return zero, accuracy(ctx.model, module, test), hist["loss"]
+
+
+def replicate(s: Settings, r: int, checkpoint: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    """One whole replicate; every draw comes from (s.seed, r)."""
+    t0 = time.perf_counter()
+    say = lambda m: progress(f"[replicate {r + 1}/{s.replicates}] {m}")  # noqa: E731
+    spec = s.spec
+    model = BaseModel.init(spec.vocab, s.dim, 2, seed=_seed(s.seed, r, 0))
+    names = ([f"source{i}" for i in range(s.sources)] + [f"dev{i}" for i in range(s.dev_targets)]
+             + [f"test{i}" for i in range(s.test_targets)])
+    tasks = make_family(s.family, names, spec, _seed(s.seed, r, 1))
+    sources, devs = tasks[:s.sources], tasks[s.sources:s.sources + s.dev_targets]
+    tests = tasks[s.sources + s.dev_targets:]
+    stage = source_stage(model, sources, s, checkpoint, _seed(s.seed, r, 2) % 2**31, say)
+
+    def ctx_for(phase: int, j: int, d: int, k: int, m: int, shots: Batch) -> Context:
+        return Context(s, model, stage, shots, _seed(s.seed, r, 3, phase, j, d, k, m) % 2**31)
+
+    lrs: dict[str, dict[int, float]] = {}
+    for k in s.shots:  # dev: choose each method's learning rate per shot count
+        sets = []
+        for j, task in enumerate(devs):
+            rng = np.random.default_rng(_seed(s.seed, r, 4, j, k))
+            sets.append((Batch(*sample(task, 2 * k, spec, rng), 0), Batch(*sample(task, s.dev_examples, spec, rng), 0)))
+        for m, method in enumerate(METHODS):
+            grid = s.grid(method.grid)
+            if len(grid) == 1:
+                lrs.setdefault(method.name, {})[k] = grid[0]
+                continue
+            score = [np.mean([_adapt(ctx_for(0, j, 0, k, m, shots), method, lr, dev)[1] for j, (shots, dev) in
+                              enumerate(sets)]) for lr in grid]
+            lrs.setdefault(method.name, {})[k] = grid[int(np.argmax(score))]
+    say(f"learning rates chosen on {len(devs)} dev targets ({time.perf_counter() - t0:.0f} s)")
+
+    zero = {m.name: {k: [] for k in s.shots} for m in METHODS}
+    final = {m.name: {k: [] for k in s.shots} for m in METHODS}
+    drops = {m.name: [] for m in METHODS}
+    params = {}
+    for j, task in enumerate(tests):
+        test = Batch(*sample(task, s.test_examples, spec, np.random.default_rng(_seed(s.seed, r, 5, j))), 0)
+        for d in range(s.draws):
+            for k in s.shots:
+                shots = Batch(*sample(task, 2 * k, spec, np.random.default_rng(_seed(s.seed, r, 6, j, d, k))), 0)
+                for m, method in enumerate(METHODS):
+                    ctx = ctx_for(1, j, d, k, m, shots)
+                    z, f, losses = _adapt(ctx, method, lrs[method.name][k], test)
+                    zero[method.name][k].append(z)
+                    final[method.name][k].append(f)
+                    drops[method.name].append(losses[0] - losses[-1])
+                    params.setdefault(method.name, trainable_count(method.build(ctx)))
+        say(f"test target {j + 1}/{len(tests)} done ({time.perf_counter() - t0:.0f} s)")
+    K, T, D = s.sources, s.tokens, s.dim
     return {
-        "MPT AVERAGE_SOURCE_TASKS": mpt("AVERAGE_SOURCE_TASKS"),
-        "MPT EXACT_SOURCE_TASK": mpt("EXACT_SOURCE_TASK", prompt_tuning_init_task=closest),
-        "MPT ONLY_SOURCE_SHARED": mpt("ONLY_SOURCE_SHARED"),
-        "prompt tuning (random init)": PromptEmbedding(PromptTuningConfig(num_virtual_tokens=s.tokens, token_dim=s.dim),
-                                                       seed=seed, dtype=np.float64),
-        "P-tuning MLP": enc("MLP"),
-        "P-tuning LSTM": enc("LSTM"),
+        "zero_shot": {n: {k: float(np.mean(v)) for k, v in by.items()} for n, by in zero.items()},
+        "accuracy": {n: {k: float(np.mean(v)) for k, v in by.items()} for n, by in final.items()},
+        "loss_drop": {n: float(np.mean(v)) for n, v in drops.items()},
+        "lr": lrs,
+        "params": params,
+        "source_accuracy": {n: float(np.mean(v)) for n, v in stage.accuracy.items()},
+        "curves": stage.curves,
+        "stored": {"teachers": K * T * D, "multitask prompt": T * D, "MPT": T * D + K * T + K * D},
+        "seconds": time.perf_counter() - t0,
     }
 
 
-def target_stage(model: BaseModel, target: Task, closest: int, s: Settings, source: Path,
-                 progress: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    for seed in range(s.seeds):
-        rng = np.random.default_rng(1000 + seed)
-        train_set = sample(target, s.target_examples, s.length, s.vocab, rng)
-        test = Batch(*sample(target, 512, s.length, s.vocab, np.random.default_rng(99)), 0)
-        for name, module in target_methods(s, source, closest, seed).items():
-            hist = train(model, module, lambda step: Batch(*train_set, 0), s.target_steps, s.lr,
-                         evaluate=lambda m: accuracy(model, m, test), every=s.every)
-            r = results.setdefault(name, {"final": [], "reach": [], "params": trainable_count(module)})
-            r["final"].append(hist["accuracy"][-1])
-            hit = [i for i, a in enumerate(hist["accuracy"]) if a >= s.threshold]
-            r["reach"].append((hit[0] + 1) * s.every if hit else None)
-        progress(f"  {target.name} seed {seed} done")
-    return results
+def checkpoint_name(r: int) -> str:
+    return "mpt_source.safetensors" if r == 0 else f"mpt_source.rep{r}.safetensors"
 
 
-def run(s: Settings, out_dir: Path, progress: Callable[[str], None] = print) -> dict[str, Any]:
-    model = BaseModel.init(s.vocab, s.dim, 2, seed=s.seed)
-    sources, targets = make_tasks(s.vocab, s.sources, s.targets, s.group, s.seed)
+_progress: Callable[[str], None] = print  # the run's progress callback, inherited by forked workers
+
+
+def _replicate_job(args: tuple[Settings, int, Path]) -> dict[str, Any]:
+    return replicate(*args, _progress)
+
+
+def run(s: Settings, out_dir: Path, progress: Callable[[str], None] = print, jobs: int = 1) -> list[dict[str, Any]]:
+    """Every replicate, in order; ``jobs`` > 1 runs them in that many forked processes (where the
+    platform can fork; else one after the other). Writes each replicate's distilled MPT source
+    checkpoint into out_dir (``checkpoint_name``)."""
+    global _progress
+    check(s)
     out_dir.mkdir(parents=True, exist_ok=True)
-    source_path = out_dir / "mpt_source.safetensors"
-    progress("stage 1: source training")
-    source_stage(model, sources, s, source_path, overwrite=True, progress=progress)
-    progress("stage 2: target adaptation")
-    return {t.name: target_stage(model, t, j % s.sources, s, source_path, progress) for j, t in enumerate(targets)}
-
-
-def format_table(results: dict[str, Any], s: Settings) -> str:
-    lines = [f"target accuracy after {s.target_steps} steps on {s.target_examples} examples (mean ± std over "
-             f"{s.seeds} seeds), steps to reach {s.threshold:.0%}, trainable parameters"]
-    for target, methods in results.items():
-        lines.append(f"{target}:")
-        for name, r in methods.items():
-            acc = np.array(r["final"])
-            reached = [x for x in r["reach"] if x is not None]
-            reach = f"{np.mean(reached):.0f} ({len(reached)}/{len(r['reach'])} seeds)" if reached else "never"
-            lines.append(f"  {name:<28} {acc.mean():.3f} ± {acc.std():.3f}   reach: {reach:<18} params: {r['params']}")
-    return "\n".join(lines)
+    work = [(s, r, out_dir / checkpoint_name(r)) for r in range(s.replicates)]
+    _progress = progress
+    if jobs <= 1 or s.replicates == 1 or "fork" not in get_all_start_methods():
+        return [_replicate_job(w) for w in work]
+    with ProcessPoolExecutor(max_workers=min(jobs, s.replicates), mp_context=get_context("fork")) as pool:
+        return list(pool.map(_replicate_job, work))

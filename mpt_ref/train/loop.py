@@ -52,15 +52,16 @@ def step_loss(model: BaseModel, module: Any, batch: Batch, teacher: Any = None, 
 def train(model: BaseModel, module: Any, batches: Callable[[int], Batch], steps: int, lr: float,
           teachers: dict[int, Any] | None = None, alpha: float = 0.0, beta: float = 0.0,
           evaluate: Callable[[Any], float] | None = None, every: int = 10,
-          task_weights: dict[int, float] | None = None) -> dict[str, list[float]]:
+          task_weights: dict[int, float] | None = None, temperature: float = 2.0) -> dict[str, list[float]]:
     """Adam on the module's parameters; returns the loss per step and accuracy every ``every`` steps.
-    task_weights: λ_t scaling the loss (and so the gradient) of batches of task t (default 1)."""
+    task_weights: λ_t scaling the loss (and so the gradient) of batches of task t (default 1);
+    temperature: τ of the distillation KL."""
     optimizer = Adam(module, lr=lr)  # writes the module's parameters back after each step
     history: dict[str, list[float]] = {"loss": [], "accuracy": []}
     for step in range(steps):
         batch = batches(step)
         teacher = (teachers or {}).get(batch.task)
-        loss, grads = step_loss(model, module, batch, teacher, alpha, beta)
+        loss, grads = step_loss(model, module, batch, teacher, alpha, beta, temperature)
         weight = (task_weights or {}).get(batch.task, 1.0)
         optimizer.step({k: weight * g for k, g in grads.items()} if weight != 1.0 else grads)
         history["loss"].append(loss)
