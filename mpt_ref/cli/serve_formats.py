@@ -67,13 +67,8 @@ def export_serving(module: Any, args: argparse.Namespace, *, report: Callable[..
             raise InputError("--name: expected with --format triton, got it with --format prompt-table")
         checked, directory = write_prompt_table(module, args.output, dtype=args.dtype, vocab_size=args.vocab_size,
                                                 overwrite=args.force)
-        print(checked.format())
-        if not checked.ok:
-            print(f"not written: {directory} (a set that fails its check replaces nothing)")
-            return 1
-        print(f"wrote {directory}/{TABLE_NAME} and {directory}/{SIDECAR_NAME}: {type(module).__name__}, "
-              f"dtype={args.dtype}")
-        return 0
+        return _verdict(checked, directory, f"wrote {directory}/{TABLE_NAME} and {directory}/{SIDECAR_NAME}: "
+                                            f"{type(module).__name__}, dtype={args.dtype}")
     if args.format == "ortgenai":
         return _ortgenai(module, args)
     if args.vocab_size is not None:
@@ -100,10 +95,15 @@ def _ortgenai(module: Any, args: argparse.Namespace) -> int:
                          "used), got one of them")
     _, w = read_word_embeddings(args.base_weights, args.embedding_key)
     checked, directory = write_ortgenai(module, w, args.decoder, args.output, overwrite=args.force)
+    return _verdict(checked, directory, f"wrote {directory}: embeddings.onnx, genai_config.json (decoder-pipeline), "
+                                        f"prompt_ids.json and the decoder's files: {type(module).__name__}")
+
+
+def _verdict(checked: Any, directory: Any, wrote: str) -> int:
+    """Print a staged set's check; exit 1 (nothing replaced) when it failed, else say what was written."""
     print(checked.format())
     if not checked.ok:
         print(f"not written: {directory} (a set that fails its check replaces nothing)")
         return 1
-    print(f"wrote {directory}: embeddings.onnx, genai_config.json (decoder-pipeline), prompt_ids.json and the decoder's "
-          f"files: {type(module).__name__}")
+    print(wrote)
     return 0
