@@ -165,9 +165,10 @@ def check_runnable(model: onnx.ModelProto) -> onnx.ModelProto:
 
 class _Backend:
     """One loaded model on one provider: ``run(feeds)`` -> the first output as a NumPy array.
-    ``run_within`` stops a run at ``timeout`` seconds where the runtime can be stopped (onnxruntime);
-    elsewhere the run is abandoned in a daemon thread (a command exits; a long-lived caller keeps that
-    thread busy until the run ends)."""
+    ``run_within`` stops a run at ``timeout`` seconds: onnxruntime through RunOptions.terminate; the
+    others run in a worker thread that is stopped by an exception raised in it at its next Python
+    bytecode (the onnx.reference evaluator, written in Python, stops within one operator; a native
+    runtime such as OpenVINO or tract stops when its current call returns)."""
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -186,11 +187,22 @@ class _Backend:
         thread.start()
         thread.join(timeout)
         if not result:
+            _stop(thread)
             raise timed_out()
         kind, value = result[0]
         if kind == "error":
             raise value
         return np.asarray(value)
+
+
+def _stop(thread: threading.Thread) -> None:
+    """Raise SystemExit inside ``thread`` (CPython's PyThreadState_SetAsyncExc), so an abandoned run does not
+    keep a core and the GIL busy after its caller has moved on; waits up to a second for it to end."""
+    import ctypes
+
+    if thread.ident is not None:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(SystemExit))
+    thread.join(1.0)
 
 
 class _Reference(_Backend):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -309,9 +310,12 @@ def test_a_loop_of_10_12_trips_stops_at_the_timeout(tmp_path, capsys, command, p
     model = endless_loop(exported("small" if command == "verify" else "mpt"))
     path = save(model, tmp_path / "m.onnx")
     argv = (["verify", "--onnx", path] if command == "verify" else ["parity", path, "--kind", "mpt"])
+    before = {t.ident for t in threading.enumerate()}
     start = time.monotonic()
     line = bad_input(capsys, *argv, "--providers", provider, "--timeout", "1")
     assert "--timeout 1 seconds" in line and time.monotonic() - start < 60
+    # and the stopped run is gone: an abandoned evaluator thread kept a core and the GIL busy for good
+    assert not [t for t in threading.enumerate() if t.ident not in before and t.is_alive()]
 
 
 def test_a_short_loop_finishes_within_the_timeout(tmp_path, capsys):
