@@ -34,8 +34,8 @@ COMMANDS = {
     "inspect": ("mpt_ref.cli.inspect", "what a PEFT adapter, a checkpoint or an .onnx file holds: config, files, "
                                        "tensors (key, shape, stored dtype), checksums, ONNX metadata and signature"),
     "bench": ("mpt_ref.cli.bench", "time the NumPy reference against PEFT-torch and onnxruntime"),
-    "train-demo": ("mpt_ref.cli.train_demo", "MPT end to end: source training (teachers + distillation), target "
-                                             "adaptation from each PEFT init vs prompt tuning and P-tuning"),
+    "train-demo": ("mpt_ref.cli.train_demo", "a few-shot experiment: MPT (source stage with distillation, target "
+                                             "adaptation) against prompt tuning and P-tuning baselines, with 95 %% CIs"),
     "export-model": ("mpt_ref.cli.export_model", "one ONNX model: a PEFT prompt adapter prepended to a base-model graph"),
     "conform": ("mpt_ref.cli.conform", "property-based conformance of a port in any language: hypothesis-drawn "
                                        "cases through a process (spec/conform-protocol.md), a failure shrunk and "
