@@ -193,3 +193,12 @@ def test_the_vectors_catch_a_port_left_in_train_mode(capsys):
     assert mpt_ref.cli.main(["verify", "--exec", py_port("train"), "--module", "lstm_encoder", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "lstm_eval_dropout" in out and "lstm_train_masks" not in out  # explicit masks: the port follows them
+
+
+def test_one_path_for_both_reports_is_refused_before_any_case(tmp_path, capsys):
+    """As verify: --json P --junit-xml P would silently replace one report with the other."""
+    same = str(tmp_path / "report")
+    assert conform("--exec", py_port("correct"), "--module", "mpt", "--examples", "1", "--json", same,
+                   "--junit-xml", same) == 2
+    err = capsys.readouterr().err
+    assert "--junit-xml: expected another file than --json's" in err and not (tmp_path / "report").exists()

@@ -117,6 +117,23 @@ def refuse_same_outputs(*options: tuple[str, str | None]) -> None:
         seen[key] = option
 
 
+def add_reports(p: argparse.ArgumentParser) -> None:
+    """--json, --junit-xml and --force of the commands that judge (verify, conform); checked by
+    refuse_report_outputs before any work."""
+    p.add_argument("--json", metavar="PATH", help=f"also write the report as JSON to PATH (atomically; '{STDOUT}' for "
+                                                  "stdout, the table then goes to stderr)")
+    p.add_argument("--junit-xml", metavar="PATH", help="also write the report as JUnit XML to PATH (CI systems)")
+    p.add_argument("--force", action="store_true", help="overwrite existing --json / --junit-xml files")
+
+
+def refuse_report_outputs(args: argparse.Namespace) -> None:
+    """The report paths of add_reports, before any work: each new (or --force), writable as a file, and not
+    one file named twice (one report would silently replace the other)."""
+    refuse_existing("--json", args.json, args.force)
+    refuse_existing("--junit-xml", args.junit_xml, args.force)
+    refuse_same_outputs(("--json", args.json), ("--junit-xml", args.junit_xml))
+
+
 def add_json(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--json", metavar="PATH", help=f"also write {what} as JSON to PATH (atomically; '-' for stdout, "
                                                   "the table then goes to stderr)")

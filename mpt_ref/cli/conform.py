@@ -12,7 +12,7 @@ import random
 import sys
 from pathlib import Path
 
-from mpt_ref.cli._args import STDOUT, kind_arg, positive_int, refuse_existing, report_stream, seed_int
+from mpt_ref.cli._args import add_reports, kind_arg, positive_int, refuse_report_outputs, report_stream, seed_int
 from mpt_ref.kind import Kind
 
 
@@ -37,8 +37,7 @@ def _conform(args: argparse.Namespace) -> int:
     from mpt_ref.modules.bounds import TensorCheck
     from mpt_ref.testing import engine
 
-    refuse_existing("--json", args.json, args.force)  # before any work
-    refuse_existing("--junit-xml", args.junit_xml, args.force)
+    refuse_report_outputs(args)  # before any work
     parse_command(args.exec)
     pc = engine.precision_class(args.dtype, args.accumulation)
     kind: Kind = args.module
@@ -127,7 +126,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where the minimal failing case goes, as a one-case vectors folder "
                         "(default ./conform-failure-<module>-<dtype>)")
     p.add_argument("--stats", action="store_true", help="print cases per second (generation + judging, and the port)")
-    p.add_argument("--json", metavar="PATH", help=f"also write the report as JSON to PATH ('{STDOUT}' for stdout)")
-    p.add_argument("--junit-xml", metavar="PATH", help="also write the report as JUnit XML to PATH (CI systems)")
-    p.add_argument("--force", action="store_true", help="overwrite existing --json / --junit-xml files")
+    add_reports(p)
     p.set_defaults(func=_conform)

@@ -6,14 +6,14 @@ import argparse
 
 from mpt_ref.cli._args import (
     STDOUT,
+    add_reports,
     add_runtime,
     add_timeout,
     kind_arg,
     load_onnx_model,
     positive_int,
     progress,
-    refuse_existing,
-    refuse_same_outputs,
+    refuse_report_outputs,
     report_stream,
     runtime_providers,
 )
@@ -51,9 +51,7 @@ def refuse_options_of_the_other_mode(args: argparse.Namespace) -> None:
 
 def _verify(args: argparse.Namespace) -> int:
     refuse_options_of_the_other_mode(args)
-    refuse_existing("--json", args.json, args.force)  # before any work
-    refuse_existing("--junit-xml", args.junit_xml, args.force)
-    refuse_same_outputs(("--json", args.json), ("--junit-xml", args.junit_xml))
+    refuse_report_outputs(args)  # before any work
     out = report_stream(args)
     if args.onnx:
         providers = runtime_providers(args.runtime, args.providers)
@@ -120,10 +118,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --exec: seconds a port may take for one case (default 30)")
     p.add_argument("--per-case", action="store_true",
                    help="with --exec: start 'CMD CASE_DIR' once per case instead of one persistent process")
-    p.add_argument("--json", metavar="PATH", help=f"also write the report as JSON to PATH (atomically; '{STDOUT}' for "
-                                                  "stdout, the table then goes to stderr)")
-    p.add_argument("--junit-xml", metavar="PATH", help="also write the report as JUnit XML to PATH (CI systems)")
-    p.add_argument("--force", action="store_true", help="overwrite existing --json / --junit-xml files")
+    add_reports(p)
     p.add_argument("--config", help="with --onnx: adapter_config.json (or its directory) of the module; default: "
                                     "the config stamped in the model's mpt_ref.config metadata")
     p.add_argument("--checkpoint", help="with --onnx: safetensors weights under PEFT keys (default: the "
