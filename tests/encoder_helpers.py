@@ -26,21 +26,19 @@ def encoder_cases(**kw):
 
 def head_relu_inputs(module, indices, masks=None):
     """The pre-activations of every ReLU in the head (to keep gradcheck away from the kinks)."""
-    params = module.state_dict()
+    return relu_inputs(module.state_dict(), indices, encoder_type=module.encoder_type,
+                       num_layers=module.num_layers, dropout=module.dropout, masks=masks)
+
+
+def relu_inputs(params, indices, *, encoder_type, num_layers=0, dropout=0.0, masks=None):
+    """The same from the functional core's arguments (params with PEFT keys)."""
     x = params["embedding.weight"][indices]
-    if module.encoder_type == EncoderType.LSTM:
-        p = module.dropout
-        scales = None if masks is None else [m / (1 - p) for m in masks]
-        x, _ = lstm_stack_forward(params, x, num_layers=module.num_layers, dropout_scales=scales)
+    if encoder_type == EncoderType.LSTM:
+        scales = None if masks is None else [m / (1 - dropout) for m in masks]
+        x, _ = lstm_stack_forward(params, x, num_layers=num_layers, dropout_scales=scales)
     pre = []
-    for j in range(2 if module.encoder_type == EncoderType.MLP else 1):
+    for j in range(2 if encoder_type == EncoderType.MLP else 1):
         x = x @ params[f"mlp_head.{2 * j}.weight"].T + params[f"mlp_head.{2 * j}.bias"]
         pre.append(x.ravel())
         x = np.maximum(x, 0)
     return np.concatenate(pre)
-
-
-LSTM_DROPOUT = mpt_ref.PromptEncoderConfig(num_virtual_tokens=2, token_dim=2, encoder_hidden_size=1,
-                                           encoder_reparameterization_type="LSTM", encoder_num_layers=3,
-                                           encoder_dropout=0.5)
-IDX = np.array([[0, 1]])

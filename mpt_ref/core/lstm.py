@@ -53,8 +53,7 @@ def lstm_forward(
         # one (B, H) GEMM per step: BLAS may block it differently for another B, so a row run alone can
         # differ in the last bits from the same row in a batch (spec/lstm.md, "Batch invariance")
         z = zx[:, t] + h[:, t] @ w_hh.T  # B,4H
-        s = sigmoid(z)  # B,4H   elementwise: one call for the three sigmoid gates (the g block unused)
-        i, f, o = s[:, :H], s[:, H : 2 * H], s[:, 3 * H :]  # B,H each
+        i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), sigmoid(z[:, 3 * H :])  # B,H each
         g = tanh(z[:, 2 * H : 3 * H])  # B,H
         c[:, t + 1] = f * c[:, t] + i * g  # B,H
         h[:, t + 1] = o * tanh(c[:, t + 1])  # B,H
