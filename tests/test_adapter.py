@@ -225,14 +225,9 @@ def _two_adapters():
 
 
 KILL_SCRIPT = """
-import sys, mpt_ref
+import mpt_ref
 small = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3, token_dim=4), seed=1)
 large = mpt_ref.PromptEmbedding(mpt_ref.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=5, token_dim=4), seed=2)
-print("ready", flush=True)
-i = 0
-while True:
-    (small if i % 2 else large).save_pretrained(sys.argv[1], overwrite=True)
-    i += 1
 """
 
 
@@ -240,11 +235,8 @@ def test_save_pretrained_is_atomic_per_adapter_under_sigkill(tmp_path):
     """Regression: 41 of 100 kills left one save's config beside another save's weights (loading silently),
     and 71 stray .tmp files. Now a kill leaves the old or the new adapter, whole."""
     import random
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+
+    from _kill import kill_writers
 
     small, large = _two_adapters()
     target = tmp_path / "adapter"
@@ -252,18 +244,16 @@ def test_save_pretrained_is_atomic_per_adapter_under_sigkill(tmp_path):
     (target / "notes.txt").write_text("mine")  # a user's file beside the adapter: kept
     rng = random.Random(0)
     want = {3: small.state_dict()["embedding.weight"], 5: large.state_dict()["embedding.weight"]}
-    for _ in range(12):
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(target)], stdout=subprocess.PIPE,
-                                cwd=Path(__file__).resolve().parents[1])
-        assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.0, 0.05))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+
+    def check() -> None:
         loaded = mpt_ref.load_peft_adapter(target)  # never mixed: a mixture fails the shape check
         table = loaded.state_dict()["embedding.weight"]
         np.testing.assert_array_equal(table, want[table.shape[0]])
         assert (target / "notes.txt").read_text() == "mine"
         assert sorted(p.name for p in target.iterdir()) == ["README.md", "adapter_config.json", WEIGHTS_NAME, "notes.txt"]
+
+    kill_writers(KILL_SCRIPT, "(small if i % 2 else large).save_pretrained(sys.argv[1], overwrite=True)", [str(target)],
+                 kills=12, delay=lambda: rng.uniform(0.0, 0.05), after_kill=check)
     for stray in tmp_path.glob(".*.mpt-ref-tmp"):  # at most the staging directory of the killed save
         assert stray.is_dir()
     small.save_pretrained(target, overwrite=True)  # a normal save also sweeps what the killed saves left

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from _kill import kill_writers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -240,7 +241,6 @@ def test_staged_set_refuses_to_replace_a_directory_with_other_files(tmp_path):
 # --- whole or not at all: SIGKILL, a file-size quota, a full disk --------------------------------------
 
 WRITER = """
-import sys, warnings
 from mpt_ref import MultitaskPromptEmbedding, MultitaskPromptTuningConfig
 from mpt_ref.serve.prompt_table import write_prompt_table
 from mpt_ref.serve.triton import write_triton_repository
@@ -249,16 +249,12 @@ def make(n, seed):
     return MultitaskPromptEmbedding(MultitaskPromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=n,
                                     token_dim=4, num_tasks=3, num_ranks=2), seed=seed)
 mods = [make(3, 1), make(6, 2)]
-what, target = sys.argv[1], sys.argv[2]
 models = [export(m, variant="folded") for m in mods]
-print("ready", flush=True)
-i = 0
-while True:
+def write(i, what, target):
     if what == "table":
         write_prompt_table(mods[i % 2], target, overwrite=True)
     else:
         write_triton_repository(models[i % 2], target, "m", overwrite=True)
-    i += 1
 """
 
 
@@ -283,20 +279,16 @@ def _triton_set_is_whole(root: Path) -> int:
 def test_sets_are_whole_under_sigkill(tmp_path, what):
     """Before: 19 of 30 aimed kills left old and new files side by side. Now the old set or the new one."""
     target = tmp_path / ("t" if what == "table" else "repo")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     rng = random.Random(0)
     seen = set()
-    for _ in range(10):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, what, str(target)], stdout=subprocess.PIPE, env=env,
-                                cwd=ROOT)
-        assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.0, 0.15))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+
+    def check() -> None:
         if (target / "m" if what == "triton" else target).exists():
             seen.add(_table_set_is_whole(target) if what == "table" else _triton_set_is_whole(target / "m"))
-    assert seen  # at least one set was completed and checked
+
+    kill_writers(WRITER, "write(i, sys.argv[1], sys.argv[2])", [what, str(target)], kills=10,
+                 delay=lambda: rng.uniform(0.0, 0.15), after_kill=check)
+    assert seen == {3, 6}, seen  # killed writers completed sets of both sizes, each checked whole
     for stray in (tmp_path if what == "table" else target).glob(".*.mpt-ref-tmp"):
         assert stray.is_dir()  # at most the staging directory of a killed write
     if what == "table":
