@@ -62,10 +62,11 @@ def _conform(args: argparse.Namespace) -> int:
         f = outcome.failure
         if f is not None:
             got = None
-            try:
-                got = port(kind, f.case, gradients)
-            except engine.PortFailure:
-                pass
+            if not engine.port_failed(f.checks):  # its outputs, for the hint and the failure folder
+                try:
+                    got = port(kind, f.case, gradients)
+                except engine.PortFailure:
+                    pass
             hint = engine.other_class_hint(kind, f.case, f.checks, lambda: got, pc, gradients) if got else ""
             message = engine.failure_message(kind, pc, f, hint, outcome.flaky)
             rerun = rerun_command(out_dir, args.exec, kind.value, pc, args.forward_only)

@@ -260,10 +260,26 @@ def repeat_check(name: str, first: PortResult, second: PortResult) -> TensorChec
                 if k not in g1 or k not in g2 or not _same(g1[k], g2[k])]
     if not changed:
         return None
-    return TensorCheck.failed(name, "repeat", (
+    return TensorCheck.failed(name, REPEAT_CHECK, (
         f"a second call on the same case changed {', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}: "
         "the port keeps state between calls (e.g. gradients accumulated and never zeroed) or is not "
         "deterministic (e.g. left in train mode: dropout in an eval call)"))
+
+
+PORT_CHECK = "port"  # the tensor name of the check that records a PortFailure on the first call of a case
+
+
+REPEAT_CHECK = "repeat"  # ... and of the check that records the second call of a case (a failure or a change)
+
+
+def port_failed(checks: list[TensorCheck]) -> bool:
+    """Whether the port gave no result at all (crash, timeout, protocol): calling it again only repeats that."""
+    return any(c.tensor == PORT_CHECK and not c.ok for c in checks)
+
+
+def timed_out(checks: list[TensorCheck]) -> bool:
+    """Whether a call of the port ran out of its time: each further case would wait that long again."""
+    return any(c.tensor in (PORT_CHECK, REPEAT_CHECK) and not c.ok and c.note.startswith("timeout") for c in checks)
 
 
 def run_case(name: str, kind: Kind, case: hs.Case, port: Port, pc: PrecisionClass, *, gradients: bool = True,
@@ -273,13 +289,13 @@ def run_case(name: str, kind: Kind, case: hs.Case, port: Port, pc: PrecisionClas
     try:
         first = port(kind, case, gradients)
     except PortFailure as f:
-        return [TensorCheck.failed(name, "port", f"{f.what}: {f.message}")]
+        return [TensorCheck.failed(name, PORT_CHECK, f"{f.what}: {f.message}")]
     checks = judge(name, first, ex, pc.dtype, gradients)
     if repeat:
         try:
             second = port(kind, case, gradients)
         except PortFailure as f:
-            return [TensorCheck.failed(name, "repeat", f"{f.what} on the second call of the same case: {f.message}")]
+            return [TensorCheck.failed(name, REPEAT_CHECK, f"{f.what} on the second call of the same case: {f.message}")]
         changed = repeat_check(name, first, second)
         if changed is not None:
             checks.insert(0, changed)
@@ -379,6 +395,9 @@ def explore(kind: Any, port: Port, pc: PrecisionClass, *, settings: hsettings | 
             check(case)
         except Failure as f:
             edge_failure = edge_failure or (f, f"the fixed edge case {n} (strategies.edge_examples) fails")
+            if timed_out(f.checks):  # a hung port: every further case, drawn or shrunk, costs the timeout again
+                stats.wall_s = time.perf_counter() - start
+                return Outcome(*edge_failure, stats)
     test = given(case_strategy(kind, pc.dtype, limits, dropout))(check)
     test = hsettings(base, **overrides)(test)
     if seed is not None:
