@@ -42,3 +42,9 @@ def relu_inputs(params, indices, *, encoder_type, num_layers=0, dropout=0.0, mas
         pre.append(x.ravel())
         x = np.maximum(x, 0)
     return np.concatenate(pre)
+
+
+LSTM_DROPOUT = mpt_ref.PromptEncoderConfig(num_virtual_tokens=2, token_dim=2, encoder_hidden_size=1,
+                                           encoder_reparameterization_type="LSTM", encoder_num_layers=3,
+                                           encoder_dropout=0.5)
+IDX = np.array([[0, 1]])
