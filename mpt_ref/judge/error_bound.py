@@ -82,8 +82,9 @@ class ErrorAlgebra:
 
     def _store(self, v: Array, e: Array, s: Array) -> Bounded:
         av = np.abs(v)
+        rs = self.us * av
         # a bound that overflowed turns into NaN downstream (0 · inf): NaN means "no bound" (see bound())
-        return Bounded(v, e + self.us * (av + e) + self.tiny, np.sqrt(_sq(s) + _sq(self.us * av)) + self.tiny)
+        return Bounded(v, e + self.us * (av + e) + self.tiny, np.sqrt(s * s + rs * rs) + self.tiny)
 
     # inputs -------------------------------------------------------------------------------------
     def exact(self, x: Array) -> Bounded:
@@ -103,17 +104,20 @@ class ErrorAlgebra:
         return Bounded(x, e, e.copy())
 
     # arithmetic -----------------------------------------------------------------------------------
+    # (the hot paths of the LSTM bound: squares written out, each |·| taken once; same operations, same bits)
     def add(self, a: Bounded, b: Bounded) -> Bounded:
         e = a.e + b.e
         mag = np.abs(a.v) + np.abs(b.v)
-        return self._store(a.v + b.v, e + self.u * (mag + e), np.sqrt(_sq(a.s) + _sq(b.s) + _sq(self.u * mag)))
+        um = self.u * mag
+        return self._store(a.v + b.v, e + self.u * (mag + e), np.sqrt(a.s * a.s + b.s * b.s + um * um))
 
     def mul(self, a: Bounded, b: Bounded) -> Bounded:
         aa, ab = np.abs(a.v), np.abs(b.v)
         e = aa * b.e + a.e * ab + a.e * b.e
         v = a.v * b.v
-        s = np.sqrt(_sq(aa * b.s) + _sq(a.s * ab) + _sq(a.s * b.s) + _sq(self.u * np.abs(v)))
-        return self._store(v, e + self.u * (np.abs(v) + e), s)
+        av = np.abs(v)
+        x, y, z, w = aa * b.s, a.s * ab, a.s * b.s, self.u * av
+        return self._store(v, e + self.u * (av + e), np.sqrt(x * x + y * y + z * z + w * w))
 
     def one_minus(self, a: Bounded) -> Bounded:
         return self.add(self.exact(np.ones_like(a.v)), Bounded(-a.v, a.e, a.s))
@@ -299,16 +303,21 @@ def lstm_direction_bound(alg: ErrorAlgebra, x: Bounded, w_ih: Bounded, w_hh: Bou
     h, c = zero, zero
     hs, cs, gates, tcs = [h], [c], [], []
     w_cat = _cat([w_ih, w_hh], 1)  # 4H,I+H
+    ifo = np.r_[0 : 2 * H, 3 * H : 4 * H]  # the sigmoid gates' columns of z
+    left, right = np.s_[:, :H], np.s_[:, H:]
     for t in range(T):
         xt = _idx(x, (slice(None), t))
         # z = x_t W_ihᵀ + h W_hhᵀ + b_ih + b_hh: one sum of I + H products and two biases, any order
-        z = alg.affine(_cat([xt, h], -1), w_cat, b_ih, b_hh)
-        zi, zf, zg, zo = (_idx(z, (slice(None), slice(k * H, (k + 1) * H))) for k in range(4))
-        i, f, g, o = alg.sigmoid(zi), alg.sigmoid(zf), alg.tanh(zg), alg.sigmoid(zo)
-        c = alg.add(alg.mul(f, c), alg.mul(i, g))
+        z = alg.affine(_cat([xt, h], -1), w_cat, b_ih, b_hh)  # B,4H
+        # elementwise steps of the same shape done in one call each (same operations per entry, same bits)
+        sig = alg.sigmoid(_idx(z, (slice(None), ifo)))  # B,3H  [i f o]
+        i, f, o = (_idx(sig, (slice(None), slice(k * H, (k + 1) * H))) for k in range(3))
+        g = alg.tanh(_idx(z, (slice(None), slice(2 * H, 3 * H))))  # B,H
+        fc_ig = alg.mul(_cat([f, i], 1), _cat([c, g], 1))  # B,2H  [f ⊙ c, i ⊙ g]
+        c = alg.add(_idx(fc_ig, left), _idx(fc_ig, right))  # B,H
         tc = alg.tanh(c)
         h = alg.mul(o, tc)
-        hs.append(h), cs.append(c), gates.append((i, f, g, o)), tcs.append(tc)
+        hs.append(h), cs.append(c), gates.append((i, f, g, o, sig)), tcs.append(tc)
     y = _stack(hs[1:], 1)  # B,T,H
     if reverse:
         y = _idx(y, (slice(None), slice(None, None, -1)))
@@ -324,12 +333,14 @@ def lstm_direction_backward_bound(alg: ErrorAlgebra, dout: Bounded, cache: dict)
     dh_next = dc_next = alg.exact(np.zeros((B, H)))
     dzs: list[Bounded] = [None] * T  # type: ignore[list-item]
     for t in reversed(range(T)):
-        i, f, g, o = cache["gates"][t]
+        i, f, g, o, sig = cache["gates"][t]
         tc = cache["tcs"][t]
         dh = alg.add(_idx(dout, (slice(None), t)), dh_next)
         dc = alg.add(dc_next, alg.tanh_backward(alg.mul(dh, o), tc))
-        dz = _cat([alg.sigmoid_backward(alg.mul(dc, g), i), alg.sigmoid_backward(alg.mul(dc, cs[t]), f),
-                   alg.tanh_backward(alg.mul(dc, i), g), alg.sigmoid_backward(alg.mul(dh, tc), o)], axis=1)
+        # the sigmoid gates [i f o] in one call: dz = (dc ⊙ g, dc ⊙ c_{t-1}, dh ⊙ tanh c_t) ⊙ σ'
+        dsig = alg.sigmoid_backward(alg.mul(_cat([dc, dc, dh], 1), _cat([g, cs[t], tc], 1)), sig)  # B,3H
+        dzi_f = _idx(dsig, (slice(None), slice(0, 2 * H)))
+        dz = _cat([dzi_f, alg.tanh_backward(alg.mul(dc, i), g), _idx(dsig, (slice(None), slice(2 * H, 3 * H)))], axis=1)
         dzs[t] = dz
         dc_next = alg.mul(dc, f)
         dh_next = alg.matmul(dz, w_hh)
