@@ -93,7 +93,7 @@ def _main(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-demo", help="a few-shot experiment: MPT (source stage with distillation, target "
                                           "adaptation) against prompt tuning and P-tuning baselines, with 95 %% CIs")
-    p.add_argument("--quick", action="store_true", help="1 replicate, fewer tasks and steps (a smoke run, ~10 s)")
+    p.add_argument("--quick", action="store_true", help="1 replicate, fewer tasks and steps (a smoke run, ~5 s)")
     p.add_argument("--replicates", type=positive_int, help="independent replicates (default 4; each a new base "
                                                            "model, new tasks, new source stage)")
     p.add_argument("--shots", type=shot_list, help="target training examples per class, comma-separated "

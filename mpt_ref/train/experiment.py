@@ -61,8 +61,8 @@ class Settings:
         return dict(self.lr_grids)[name]
 
 
-QUICK = Settings(replicates=1, sources=4, dev_targets=1, test_targets=2, shots=(4, 32), draws=1, teacher_steps=150,
-                 multitask_steps=300, target_steps=30, curve_every=50, test_examples=128, dev_examples=64,
+QUICK = Settings(replicates=1, sources=4, dev_targets=1, test_targets=2, shots=(4, 32), draws=1, teacher_steps=100,
+                 multitask_steps=200, target_steps=20, curve_every=50, test_examples=64, dev_examples=32, curve_examples=32,
                  lr_grids=(("scratch", (0.1,)), ("transfer", (0.01,)), ("encoder", (0.01,))))
 
 

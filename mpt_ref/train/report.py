@@ -165,7 +165,7 @@ def caption(doc: dict[str, Any]) -> str:
     if ahead:
         say.append(f"Zero-shot, before any target step, MPT's init scores {zero[HEADLINE]:.3f}; ahead of it start "
                    + ", ".join(f"{n} {zero[n]:.3f}" for n in sorted(ahead, key=lambda n: -zero[n]))
-                   + ": with 60 steps on a few shots, the start matters.")
+                   + f": with {doc['settings']['target_steps']} steps on a few shots, the start matters.")
     say.append("Not shown: anything about large models or real tasks (a frozen random one-layer model, synthetic "
                "token-polarity tasks); intervals are over replicates, which share the generator's design, so "
                "they measure seed-to-seed variation of this setting only.")
