@@ -173,6 +173,18 @@ def test_import_version_and_help_load_no_heavy_package(code):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.parametrize("argv", [["verify", "--quiet"], ["verify", "--quiet", "--module", "mpt", "--forward-only"]])
+def test_commands_without_a_model_load_no_onnx(argv):
+    """`verify --candidate` (here: the golden vectors against themselves) judges safetensors files: it needs
+    neither onnx nor onnxruntime (their import was 0.45 s of its 0.78 s, ml_dtypes' extension alone 0.42 s)."""
+    probe = (f"import sys\nfrom mpt_ref.cli import main\nrc = main({argv!r} + ['--candidate', "
+             "str(__import__('mpt_ref.conformance.location', fromlist=['x']).default_vectors_dir())])\n"
+             "print(rc, sorted({m.split('.')[0] for m in sys.modules} & {'onnx', 'onnxruntime', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+
+
 def test_lazy_public_names_and_the_0_1_import_paths():
     code = ("import sys, mpt_ref\nassert 'numpy' not in sys.modules\n"
             "from mpt_ref import PromptEncoder\nimport mpt_ref.config as old, mpt_ref.modules.config as new\n"

@@ -34,12 +34,17 @@ def test_index_lists_every_case_with_matching_hashes():
         vec.read_case(VECTORS, name)  # raises on a sha256 mismatch
 
 
-def test_regeneration_is_bit_identical_to_the_committed_files(tmp_path):
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory) -> Path:
+    """The vectors regenerated once in this process (two tests read them)."""
+    return vec.write_vectors(tmp_path_factory.mktemp("regenerated") / "v", CASES)
+
+
+def test_regeneration_is_bit_identical_to_the_committed_files(regenerated):
     """Every file of every case, regenerated here, has the sha256 that index.json recorded where the
     vectors were made: the outputs and gradients come from conformance/exact.py (exact sums, decimal
     sigmoid/tanh), so neither the BLAS nor NumPy's SIMD kernels enter them."""
-    vec.write_vectors(tmp_path / "v", CASES)
-    fresh, committed = vec.read_index(tmp_path / "v"), vec.read_index(VECTORS)
+    fresh, committed = vec.read_index(regenerated), vec.read_index(VECTORS)
     for name in NAMES:
         assert fresh["cases"][name]["files"] == committed["cases"][name]["files"], name
 
@@ -111,10 +116,10 @@ def test_onnx_backend_test_loader_and_runner_load_the_cases_as_they_are():
         (result.failures + result.errors)[:2]
 
 
-def test_regeneration_is_bit_identical(tmp_path):
-    vec.write_vectors(tmp_path / "a", CASES)
+def test_regeneration_is_bit_identical(tmp_path, regenerated):
+    """A second regeneration in the same process writes the same files (no state carried between runs)."""
     vec.write_vectors(tmp_path / "b", CASES)
-    assert vec.read_index(tmp_path / "a") == vec.read_index(tmp_path / "b")
+    assert vec.read_index(regenerated) == vec.read_index(tmp_path / "b")
 
 
 def test_grads_mirror_params_and_dtypes_are_the_cases():

@@ -84,7 +84,7 @@ def seconds(text: str) -> float:
 
 
 def add_timeout(p: argparse.ArgumentParser) -> None:
-    from onnx_export.runtimes import DEFAULT_TIMEOUT
+    from onnx_export.providers import DEFAULT_TIMEOUT
 
     p.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=f"stop a run of the model that takes longer, exit 2 (default {DEFAULT_TIMEOUT:g})")
@@ -189,8 +189,8 @@ def kind_arg(text: str) -> Any:
 
 
 def provider_list(text: str) -> list[str]:
-    """--providers: a comma-separated list of onnx_export.runtimes.PROVIDERS, refused as a whole otherwise."""
-    from onnx_export.runtimes import PROVIDERS
+    """--providers: a comma-separated list of onnx_export.providers.PROVIDERS, refused as a whole otherwise."""
+    from onnx_export.providers import PROVIDERS
 
     names = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in PROVIDERS]
@@ -214,7 +214,7 @@ def runtime_providers(runtime: str, providers: str) -> list[str]:
 
 
 def add_runtime(p: argparse.ArgumentParser) -> None:
-    from onnx_export.runtimes import RUNTIMES
+    from onnx_export.providers import RUNTIMES
 
     p.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime",
                    help="where the model runs (default onnxruntime, its execution providers from --providers); "
