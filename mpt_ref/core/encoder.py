@@ -11,7 +11,7 @@ D token_dim, H encoder_hidden_size, L encoder_num_layers. ``encoder_type`` is "M
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from mpt_ref._types import Array, IntArray, Params
 from mpt_ref.core.embedding import EmbeddingCache, embedding_backward, embedding_forward
@@ -54,10 +54,13 @@ def prompt_encoder_forward(
     return out, EncoderCache(emb_cache, lstm_cache, head_cache)
 
 
-def prompt_encoder_backward(dout: Array, cache: EncoderCache) -> Params:
-    """dout (B, T', D) -> grads with the params' keys, in PEFT order (embedding, lstm_head, mlp_head)."""
+def prompt_encoder_backward(dout: Array, cache: EncoderCache, *,
+                            scatter: Callable[[Array, EmbeddingCache], Array] = embedding_backward) -> Params:
+    """dout (B, T', D) -> grads with the params' keys, in PEFT order (embedding, lstm_head, mlp_head).
+
+    ``scatter``: the embedding backward used for dE (the kernels pass their own, same sums, faster)."""
     dx, head_grads = mlp_head_backward(dout, cache.head)  # B,T',2H (LSTM) or B,T',D (MLP)
     lstm_grads: Params = {}
     if cache.lstm is not None:
         dx, lstm_grads = lstm_stack_backward(dx, cache.lstm)  # B,T',D
-    return {"embedding.weight": embedding_backward(dx, cache.embedding), **lstm_grads, **head_grads}
+    return {"embedding.weight": scatter(dx, cache.embedding), **lstm_grads, **head_grads}

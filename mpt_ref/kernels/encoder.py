@@ -55,12 +55,12 @@ def dedup_backward(dout: Array, cache: DedupCache) -> Params:
     if cache.token_wise:
         T = cache.inner.embedding.num_rows
         dtable = embedding_backward(dout, EmbeddingCache(cache.indices, T))[None]  # 1,T,D  Σ dout per token
-        return core.prompt_encoder_backward(dtable, cache.inner)
+        return core.prompt_encoder_backward(dtable, cache.inner, scatter=embedding_backward)
     B, Tp, D = dout.shape
     U = cache.inner.embedding.indices.shape[0]
     onehot = (np.arange(U)[:, None] == cache.inverse[None, :]).astype(dout.dtype)  # U,B
     drows = (onehot @ dout.reshape(B, Tp * D)).reshape(U, Tp, D)  # Σ dout over the rows of each group
-    return core.prompt_encoder_backward(drows, cache.inner)
+    return core.prompt_encoder_backward(drows, cache.inner, scatter=embedding_backward)
 
 
 def prompt_encoder_forward(params: Params, indices: IntArray, *, encoder_type: str, num_layers: int = 0,
@@ -76,4 +76,4 @@ def prompt_encoder_backward(dout: Array, cache: EncoderCache | DedupCache) -> Pa
     """core.prompt_encoder_backward's contract, for either cache."""
     if isinstance(cache, DedupCache):
         return dedup_backward(dout, cache)
-    return core.prompt_encoder_backward(dout, cache)
+    return core.prompt_encoder_backward(dout, cache, scatter=embedding_backward)  # the id-group scatter-add
