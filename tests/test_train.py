@@ -325,6 +325,16 @@ def test_same_seed_same_json(quick_run, tmp_path):
     assert (tmp_path / "b.json").read_bytes() == quick_run[1].read_bytes()
 
 
+def test_the_heap_padding_is_asked_of_glibc_only():
+    """train-demo keeps 64 MiB at the top of glibc's heap (cli/train_demo.keep_heap): freed activations
+    were returned to the kernel and faulted in again, 43 % of `--quick`'s wall time. Elsewhere: a no-op."""
+    import platform
+
+    from mpt_ref.cli.train_demo import keep_heap
+
+    assert keep_heap() is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
 @pytest.mark.skipif(not _has_matplotlib(), reason="matplotlib absent: pip install 'mpt-ref[plot]' (CI's plot step has it)")
 def test_plot_writes_a_png(quick_run):
     data = quick_run[2].read_bytes()
