@@ -105,26 +105,15 @@ def pad_empty_axes(g: GraphBuilder, x: str, indices: str) -> tuple[str, str]:
     return g.node("Pad", [x, pads], "empty_axes_padded", mode="constant"), shape
 
 
-def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
-    """The faithful graph of ``spec``; returns the name of the (B, T', D) output."""
-    T, D = spec.T, spec.D
+def _embedding(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
     E = g.weight("embedding.weight", spec.params["embedding.weight"])  # T,D
-    if spec.kind == Kind.MLP_ENCODER:
-        x, valid = safe_lookup(g, E, T, indices, "indices")  # B,T',D
-        return nan_where_invalid(g, mlp_head(g, spec, x, num_linear=3), valid, whole_row=False)
-    if spec.kind == Kind.LSTM_ENCODER:
-        x, valid = safe_lookup(g, E, T, indices, "indices")  # B,T',D
-        x, shape = pad_empty_axes(g, x, indices)  # B+[B==0], T'+[T'==0], D
-        y = mlp_head(g, spec, lstm_stack(g, spec, x), num_linear=2)  # T',B,D
-        y = g.node("Transpose", [y], "batch_first", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # B,T',D
-        y = g.node("Slice", [y, g.int_const("slice_starts", [0, 0]), shape, g.int_const("slice_axes", [0, 1])],
-                   "unpadded")  # B,T',D
-        return nan_where_invalid(g, y, valid, whole_row=True)
-    x = lookup(g, E, T, (D,), indices, "indices")  # B,T',D
-    if spec.kind == Kind.PROMPT_EMBEDDING:
-        return x
-    # mpt: out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b])
-    K, R = spec.K, spec.R
+    return lookup(g, E, spec.T, (spec.D,), indices, "indices")  # B,T',D
+
+
+def _mpt(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """out[b] = E[indices[b]] ⊙ (C[t_b] @ R[t_b])"""
+    T, D, K, R = spec.T, spec.D, spec.K, spec.R
+    x = _embedding(g, spec, indices, task_ids)  # B,T',D
     t = task_rows(g, task_ids, indices, K)  # B
     t = redirect(g, t, valid_ids(g, t, K, "task_ids"), K, "task_ids")  # B, invalid -> K
     C = g.weight("prefix_task_cols", spec.params["prefix_task_cols"])  # K,T,R
@@ -133,3 +122,30 @@ def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None)
     rows = g.node("Gather", [nan_padded(g, Rw, (R, D), Rw), t], "task_rows", axis=0)  # B,R,D
     prompt = g.node("MatMul", [cols, rows], "task_prompt")  # B,T,D
     return g.node("Mul", [x, prompt], "modulated")  # B,T,D
+
+
+def _mlp_encoder(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    E = g.weight("embedding.weight", spec.params["embedding.weight"])  # T,D
+    x, valid = safe_lookup(g, E, spec.T, indices, "indices")  # B,T',D
+    return nan_where_invalid(g, mlp_head(g, spec, x, num_linear=3), valid, whole_row=False)
+
+
+def _lstm_encoder(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    E = g.weight("embedding.weight", spec.params["embedding.weight"])  # T,D
+    x, valid = safe_lookup(g, E, spec.T, indices, "indices")  # B,T',D
+    x, shape = pad_empty_axes(g, x, indices)  # B+[B==0], T'+[T'==0], D
+    y = mlp_head(g, spec, lstm_stack(g, spec, x), num_linear=2)  # T',B,D
+    y = g.node("Transpose", [y], "batch_first", perm=list(_layout.BATCH_FIRST_TO_TIME_MAJOR))  # B,T',D
+    y = g.node("Slice", [y, g.int_const("slice_starts", [0, 0]), shape, g.int_const("slice_axes", [0, 1])],
+               "unpadded")  # B,T',D
+    return nan_where_invalid(g, y, valid, whole_row=True)
+
+
+# the faithful graph of each kind: (g, spec, indices, task_ids) -> the name of the (B, T', D) output
+BUILDERS = {Kind.PROMPT_EMBEDDING: _embedding, Kind.MPT: _mpt, Kind.MLP_ENCODER: _mlp_encoder,
+            Kind.LSTM_ENCODER: _lstm_encoder}
+
+
+def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The faithful graph of ``spec``; returns the name of the (B, T', D) output."""
+    return BUILDERS[spec.kind](g, spec, indices, task_ids)

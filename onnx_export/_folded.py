@@ -34,37 +34,39 @@ from onnx_export._spec import ModuleSpec
 from onnx_export.reference import prompt_table, task_prompt_factors
 
 
-def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
-    """The folded graph of ``spec``; returns the name of the (B, T', D) output."""
+def _embedding_lookup(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The embedding is its own table: the faithful graph's one Gather."""
+    return lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), spec.T, (spec.D,), indices,
+                  "indices")  # B,T',D
+
+
+def _prompt_table_lookup(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The MLP acts token by token: one Gather from the table of its T prompt rows, exact for any rows."""
+    return lookup(g, g.weight("prompt_table", prompt_table(spec)), spec.T, (spec.D,), indices, "indices")  # B,T',D
+
+
+def _lstm_arange_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The LSTM reads whole rows: the folded table answers PEFT's arange(T) rows, any other row is NaN."""
     T, D = spec.T, spec.D
-    if spec.kind == Kind.PROMPT_EMBEDDING:
-        return lookup(g, g.weight("embedding.weight", spec.params["embedding.weight"]), T, (D,), indices, "indices")
-    if spec.kind == Kind.MLP_ENCODER:
-        return lookup(g, g.weight("prompt_table", prompt_table(spec)), T, (D,), indices, "indices")  # B,T',D
     peft_rows = rows_are_arange(g, indices, T)  # B
-    if spec.kind == Kind.LSTM_ENCODER:
-        table = g.node("Unsqueeze", [g.weight("prompt_table", prompt_table(spec)), g.int_const("axis0", [0])],
-                       "prompt_table_1")  # 1,T,D
-        sel = redirect(g, g.int_const("row0", 0), peft_rows, 1, "row")  # B, not arange -> the NaN block
-        return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D
-    # mpt: one Gather of the task prompt table by task id for rows that are PEFT's arange(T); any other
-    # row is sent to the NaN block, as for the LSTM (folded-any serves any rows). Branch-free: an If choosing
-    # the any-rows form at run time gave wrong prompts on onnxruntime's OpenVINO EP once a session switched
-    # branches, and computing both forms with Where cost 10x the folded-any graph on onnxruntime (bench).
+    table = g.node("Unsqueeze", [g.weight("prompt_table", prompt_table(spec)), g.int_const("axis0", [0])],
+                   "prompt_table_1")  # 1,T,D
+    sel = redirect(g, g.int_const("row0", 0), peft_rows, 1, "row")  # B, not arange -> the NaN block
+    return g.node("Gather", [nan_padded(g, table, (T, D), "prompt_table"), sel], "prompt_rows", axis=0)  # B,T,D
+
+
+def _mpt_arange_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """One Gather of the task prompt table by task id for rows that are PEFT's arange(T); any other row is
+    sent to the NaN block, as for the LSTM (folded-any serves any rows). Branch-free: an If choosing the
+    any-rows form at run time gave wrong prompts on onnxruntime's OpenVINO EP once a session switched
+    branches, and computing both forms with Where cost 10x the folded-any graph on onnxruntime (bench)."""
+    T, D = spec.T, spec.D
+    peft_rows = rows_are_arange(g, indices, T)  # B
     table = g.weight("task_prompt_table", prompt_table(spec))  # K,T,D
     t = task_rows(g, task_ids, indices, spec.K)  # B
     t = redirect(g, t, valid_ids(g, t, spec.K, "task_ids"), spec.K, "task_ids")  # B, invalid -> the NaN block
     t = redirect(g, t, peft_rows, spec.K, "row")  # B, a row that is not arange(T) -> the NaN block
     return g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_table"), t], "prompt_rows", axis=0)  # B,T,D
-
-
-def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
-    """The folded-any graph of ``spec``; returns the name of the (B, T', D) output."""
-    if spec.kind == Kind.LSTM_ENCODER:
-        return _faithful.build(g, spec, indices, task_ids)
-    if spec.kind != Kind.MPT:
-        return build(g, spec, indices, task_ids)
-    return _mpt_any_rows(g, spec, indices, task_ids)
 
 
 def _mpt_any_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
@@ -76,3 +78,21 @@ def _mpt_any_rows(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str
     table = g.weight("task_prompt_factors", task_prompt_factors(spec))  # K,T,D
     prompt = g.node("Gather", [nan_padded(g, table, (T, D), "task_prompt_factors"), t], "task_prompt", axis=0)  # B,T,D
     return g.node("Mul", [x, prompt], "modulated")  # B,T,D
+
+
+# the folded graph of each kind (fastest for PEFT's rows), and the folded-any graph (any rows): the LSTM's
+# is its faithful graph, the token-wise kinds' the folded one. (g, spec, indices, task_ids) -> output name
+BUILDERS = {Kind.PROMPT_EMBEDDING: _embedding_lookup, Kind.MPT: _mpt_arange_rows,
+            Kind.MLP_ENCODER: _prompt_table_lookup, Kind.LSTM_ENCODER: _lstm_arange_rows}
+ANY_ROWS_BUILDERS = {Kind.PROMPT_EMBEDDING: _embedding_lookup, Kind.MPT: _mpt_any_rows,
+                     Kind.MLP_ENCODER: _prompt_table_lookup, Kind.LSTM_ENCODER: _faithful.BUILDERS[Kind.LSTM_ENCODER]}
+
+
+def build(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The folded graph of ``spec``; returns the name of the (B, T', D) output."""
+    return BUILDERS[spec.kind](g, spec, indices, task_ids)
+
+
+def build_any(g: GraphBuilder, spec: ModuleSpec, indices: str, task_ids: str | None) -> str:
+    """The folded-any graph of ``spec``; returns the name of the (B, T', D) output."""
+    return ANY_ROWS_BUILDERS[spec.kind](g, spec, indices, task_ids)

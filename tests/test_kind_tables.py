@@ -17,9 +17,13 @@ TABLES = [
     ("mpt_ref.judge.error_bound", "BOUNDS"),         # the error model's bounds
     ("mpt_ref.judge.exact", "EXACT"),                # the exact evaluator of the golden vectors
     ("onnx_export.exporter", "TASK_IDS_INPUT"),      # the exported graph's inputs
+    ("onnx_export._faithful", "BUILDERS"),           # the faithful ONNX graph
+    ("onnx_export._folded", "BUILDERS"),             # the folded ONNX graph
+    ("onnx_export._folded", "ANY_ROWS_BUILDERS"),    # the folded-any ONNX graph
     ("onnx_export.reference", "NAN_POLICY"),         # the ONNX oracle's NaN policy
     ("mpt_ref.testing.strategies", "CASES"),         # hypothesis strategies
     ("mpt_ref.testing.strategies", "EDGE_CASES"),    # fixed edge examples of assert_conforms
+    ("mpt_ref.testing.engine", "STRATEGIES"),         # the cases conform and assert_conforms draw
     ("mpt_ref.conformance.cases", "MODULE_CLASSES"),  # the class a vector case builds
     ("mpt_ref.interop.build", "DEFAULT_CONFIGS"),    # the CLI's --kind choices (mpt-ref export)
 ]

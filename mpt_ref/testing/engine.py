@@ -165,21 +165,27 @@ def with_eval_dropout(case: hs.Case, p: float) -> hs.Case:
     return case._replace(config=dataclasses.replace(case.config, encoder_dropout=p))
 
 
+def _lstm_strategy(dtype: Any, limits: hs.SizeLimits, dropout: bool) -> st.SearchStrategy[hs.Case]:
+    eval_cases = st.builds(with_eval_dropout, hs.lstm_encoder_cases(dtype=dtype, limits=limits), EVAL_DROPOUT)
+    return eval_cases | hs.lstm_encoder_cases(dtype=dtype, limits=limits, dropout=True) if dropout else eval_cases
+
+
+EVAL_DROPOUT = st.sampled_from([0.0, 0.1, 0.5])  # encoder_dropout of eval-mode encoder cases (no effect)
+# the cases drawn per kind: (dtype, limits, dropout) -> strategy; ``dropout``: LSTM train mode too
+STRATEGIES: dict[Kind, Callable[[Any, hs.SizeLimits, bool], st.SearchStrategy[hs.Case]]] = {
+    Kind.PROMPT_EMBEDDING: lambda dtype, limits, dropout: hs.prompt_embedding_cases(dtype=dtype, limits=limits),
+    Kind.MPT: lambda dtype, limits, dropout: hs.mpt_cases(dtype=dtype, limits=limits),
+    Kind.MLP_ENCODER: lambda dtype, limits, dropout: st.builds(
+        with_eval_dropout, hs.mlp_encoder_cases(dtype=dtype, limits=limits), EVAL_DROPOUT),
+    Kind.LSTM_ENCODER: _lstm_strategy,
+}
+
+
 def case_strategy(module: Any, dtype: Any = np.float64, limits: hs.SizeLimits | None = None,
                   dropout: bool = True) -> st.SearchStrategy[hs.Case]:
     """The cases drawn for ``module``: sizes around vector widths; encoders in eval mode with
     encoder_dropout 0 or > 0 (no effect in eval), LSTM also in train mode with explicit keep masks."""
-    kind = Kind.parse(module)
-    limits = limits or hs.SizeLimits()
-    if kind == Kind.PROMPT_EMBEDDING:
-        return hs.prompt_embedding_cases(dtype=dtype, limits=limits)
-    if kind == Kind.MPT:
-        return hs.mpt_cases(dtype=dtype, limits=limits)
-    p = st.sampled_from([0.0, 0.1, 0.5])
-    if kind == Kind.MLP_ENCODER:
-        return st.builds(with_eval_dropout, hs.mlp_encoder_cases(dtype=dtype, limits=limits), p)
-    eval_cases = st.builds(with_eval_dropout, hs.lstm_encoder_cases(dtype=dtype, limits=limits), p)
-    return eval_cases | hs.lstm_encoder_cases(dtype=dtype, limits=limits, dropout=True) if dropout else eval_cases
+    return STRATEGIES[Kind.parse(module)](dtype, limits or hs.SizeLimits(), dropout)
 
 
 def edge_cases(kind: Kind, dtype: np.dtype, limits: hs.SizeLimits | None) -> list[hs.Case]:
