@@ -34,6 +34,11 @@ class Kind(str, enum.Enum):
     def is_encoder(self) -> bool:
         return self in (Kind.MLP_ENCODER, Kind.LSTM_ENCODER)
 
+    @property
+    def takes_task_ids(self) -> bool:
+        """Whether the forward reads a task id per batch row beside the indices (TAKES_TASK_IDS)."""
+        return TAKES_TASK_IDS[self]
+
     @classmethod
     def parse(cls, name: Any) -> Kind:
         """A Kind from its value or a 0.1 alias; anything else is a ConfigError naming the choices."""
@@ -77,6 +82,9 @@ def _peft_type(config: Any) -> Any:
     """The PeftType value of a config's class ("PROMPT_TUNING", ...), None for anything else."""
     return getattr(getattr(type(config), "PEFT_TYPE", None), "value", None)
 
+
+# forward(indices, task_ids) or forward(indices): the inputs of every case, vector, graph and served model
+TAKES_TASK_IDS = {Kind.PROMPT_EMBEDDING: False, Kind.MPT: True, Kind.MLP_ENCODER: False, Kind.LSTM_ENCODER: False}
 
 _ALIASES = {"embedding": Kind.PROMPT_EMBEDDING, "prompt_tuning": Kind.PROMPT_EMBEDDING,
             "mlp": Kind.MLP_ENCODER, "lstm": Kind.LSTM_ENCODER}

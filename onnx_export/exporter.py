@@ -27,13 +27,8 @@ from onnx_export.reference import VARIANTS
 DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
 INPUT_INDICES, INPUT_TASK_IDS, OUTPUT = "indices", "task_ids", "prompt_embeddings"
 META_PREFIX = "mpt_ref."  # metadata_props keys: mpt_ref.module, .kind, .variant, .dtype, .config, ...
-# One entry per Kind: the graph's task-id input (MPT's only), None when the graph reads indices alone.
-TASK_IDS_INPUT: dict[Kind, str | None] = {
-    Kind.PROMPT_EMBEDDING: None,
-    Kind.MPT: INPUT_TASK_IDS,
-    Kind.MLP_ENCODER: None,
-    Kind.LSTM_ENCODER: None,
-}
+# One entry per Kind: the graph's task-id input, None when the graph reads indices alone (Kind.takes_task_ids).
+TASK_IDS_INPUT: dict[Kind, str | None] = {k: INPUT_TASK_IDS if k.takes_task_ids else None for k in Kind}
 INPUT_DOCS = {
     INPUT_INDICES: "int64 (batch, tokens): virtual-token ids in [0, T); PEFT feeds arange(T) in every row. "
                    "An id outside [0, T) gives a NaN row.",

@@ -167,7 +167,7 @@ def verify_onnx(
     names = {INPUT_INDICES: idx_info.name, **({INPUT_TASK_IDS: task_info.name} if task_info is not None else {})}
     feeds = [(name, {INPUT_INDICES: indices, **({INPUT_TASK_IDS: tasks} if task_info is not None else {})})
              for name, indices, tasks in cases]
-    if spec.kind != Kind.MPT:
+    if not spec.kind.takes_task_ids:
         feeds = [(name, {INPUT_INDICES: f[INPUT_INDICES]}) for name, f in feeds]
     comparisons = run_cases(model, spec, feeds, providers, dtype=dtype, variant=variant, input_names=names,
                             timeout=timeout)

@@ -65,7 +65,7 @@ def expected_with_bound(spec: ModuleSpec, feeds: dict[str, np.ndarray], variant:
     want = expected_output(spec, **feeds, variant=variant)
     idx = np.asarray(feeds[INPUT_INDICES])
     inputs = {"indices": np.where((idx >= 0) & (idx < spec.T), idx, 0)}
-    if spec.kind == Kind.MPT:
+    if spec.kind.takes_task_ids:
         t = np.broadcast_to(np.asarray(feeds[INPUT_TASK_IDS]).reshape(-1), (idx.shape[0],))
         inputs["task_ids"] = np.where((t >= 0) & (t < spec.K), t, 0)
     bound = expected(spec.kind, spec.params, inputs, None, None, rounding=rounding).output_bound
@@ -167,7 +167,7 @@ def parity_cases(spec: ModuleSpec, variant: str, *, batch: int = 3, seed: int = 
     check_batch(batch, spec)
     rng = np.random.default_rng(seed)
     T, K = spec.T, spec.K
-    mpt = spec.kind == Kind.MPT
+    mpt = spec.kind.takes_task_ids
     arange = lambda b: np.tile(np.arange(T, dtype=np.int64), (b, 1))  # noqa: E731
     tasks = lambda b: np.arange(b, dtype=np.int64) % max(K, 1)  # noqa: E731  (unused unless MPT)
     with_tasks = lambda idx, t: {INPUT_INDICES: idx, **({INPUT_TASK_IDS: t} if mpt else {})}  # noqa: E731

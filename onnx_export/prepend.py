@@ -33,7 +33,6 @@ from onnx import TensorProto, compose, helper
 
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import InputError
-from mpt_ref.kind import Kind
 from onnx_export._faithful import lookup
 from onnx_export._graph import GraphBuilder, int64_input
 from onnx_export._spec import ModuleSpec, module_spec
@@ -108,7 +107,7 @@ def _front(spec: ModuleSpec, w: np.ndarray, dtype: str, mask_elem: int, n_prompt
     indices = g.node("Add", [g.node("Add", [zeros, checked_zero], "zeros_B1_checked"),
                              g.int_const("arange_T", np.arange(T)[None])], "prompt_indices")  # B,T
     outputs = [(indices, TensorProto.INT64, ["batch", T])]
-    if spec.kind == Kind.MPT:
+    if spec.kind.takes_task_ids:
         inputs.append(int64_input(TASK_IDS, ["task_batch"]))
         outputs.append((g.node("Identity", [TASK_IDS], "prompt_task_ids"), TensorProto.INT64, ["task_batch"]))
     # W[input_ids], an id outside [0, V) -> the NaN row
@@ -176,7 +175,7 @@ def build_prepend_model(
     prompt = build_model(spec, variant=variant, dtype=dtype)
     front = _front(spec, w, dtype, mask_dtype, n_prompt)
     io_map = [("prompt_indices", INPUT_INDICES)]
-    if spec.kind == Kind.MPT:
+    if spec.kind.takes_task_ids:
         io_map.append(("prompt_task_ids", INPUT_TASK_IDS))
     # the prefixed front graph keeps its output names; its internal ones start with FRONT_PREFIX
     model = compose.merge_models(front, prompt, io_map=io_map, producer_name="mpt-ref onnx_export")

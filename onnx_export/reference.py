@@ -54,7 +54,7 @@ def module_math(spec: ModuleSpec, indices: np.ndarray, task_ids: np.ndarray | No
 def prompt_table(spec: ModuleSpec) -> np.ndarray:
     """What PEFT's indices give, in float64: (T, D) for an encoder, (K, T, D) per task for MPT."""
     arange = np.arange(spec.T)[None]  # 1,T
-    if spec.kind == Kind.MPT:
+    if spec.kind.takes_task_ids:  # one prompt per task
         K = spec.K
         return module_math(spec, np.repeat(arange, K, axis=0), np.arange(K))  # K,T,D
     return module_math(spec, arange)[0]  # T,D

@@ -7,8 +7,6 @@ import errno
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 

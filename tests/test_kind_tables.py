@@ -12,6 +12,7 @@ from mpt_ref.kind import Kind
 
 # (module, table name): what the table holds per kind
 TABLES = [
+    ("mpt_ref.kind", "TAKES_TASK_IDS"),              # the forward's inputs (indices, or indices and task ids)
     ("mpt_ref.core.ops", "OPS"),                     # the plain reference's forward / backward
     ("mpt_ref.kernels.ops", "KERNEL_OPS"),           # the fast paths' forward / backward
     ("mpt_ref.judge.error_bound", "BOUNDS"),         # the error model's bounds

@@ -44,7 +44,7 @@ def case_record(name: str, kind: Kind, case: Case, pc: PrecisionClass, gradients
 def case_tensors(kind: Kind, case: Case) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(params, inputs) as the files hold them."""
     inputs = {"indices": np.asarray(case.inputs["indices"], dtype=np.int64)}
-    if kind == Kind.MPT:
+    if kind.takes_task_ids:
         inputs["task_ids"] = np.asarray(case.inputs["task_ids"], dtype=np.int64).reshape(-1)
     inputs["grad_output"] = case.dout
     for k, m in enumerate(case.inputs.get("dropout_masks") or []):

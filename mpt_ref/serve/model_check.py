@@ -25,7 +25,6 @@ from onnx import TensorProto
 
 from mpt_ref.errors import shown
 from mpt_ref.modules.bounds import TensorCheck, check_tensor
-from mpt_ref.kind import Kind
 from mpt_ref.tolerances import SERVE_COMPOSED
 from onnx_export._spec import module_spec
 from onnx_export.exporter import INPUT_INDICES, INPUT_TASK_IDS
@@ -90,7 +89,7 @@ def _feeds(spec: Any, V: int, B: int, S: int, mask_elem: int, seed: int) -> dict
     if B > 1 and S > 1:
         mask[0, : S // 2] = 0  # left padding on the first row
     feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask.astype(MASK_NUMPY[mask_elem])}
-    if spec.kind == Kind.MPT:
+    if spec.kind.takes_task_ids:
         feeds[TASK_IDS] = (np.arange(B, dtype=np.int64) + seed) % spec.K
     return feeds
 
@@ -122,7 +121,7 @@ def check_whole_model(model: onnx.ModelProto, base: onnx.ModelProto, module: Any
             checks.append(TensorCheck.failed(case, "run", f"{type(exc).__name__}: {shown(exc)}", "cpu"))
             continue
         prompt_feeds = {INPUT_INDICES: np.tile(np.arange(spec.T, dtype=np.int64), (B, 1))}
-        if spec.kind == Kind.MPT:
+        if spec.kind.takes_task_ids:
             prompt_feeds[INPUT_TASK_IDS] = feeds[TASK_IDS]
         want, bound = expected_with_bound(spec, prompt_feeds, variant, rounding)
         checks.append(check_tensor(case, "inputs_embeds[:, :N] (prompt)", embeds[:, :n_prompt],

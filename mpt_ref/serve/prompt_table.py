@@ -30,7 +30,6 @@ from mpt_ref import _checks
 from mpt_ref._version import SPEC_VERSION, __version__
 from mpt_ref.errors import IndexRangeError, InputError
 from mpt_ref.io.staged import StagedSet
-from mpt_ref.kind import Kind
 from onnx_export._spec import module_spec
 from onnx_export.exporter import export_dtype
 from onnx_export.reference import prompt_table as reference_prompt_table
@@ -46,7 +45,7 @@ def prompt_table(module: Any, dtype: Any = "float32") -> np.ndarray:
     computed in float64 and rounded once to ``dtype`` (float32 or float16)."""
     spec = module_spec(module)
     table = reference_prompt_table(spec)  # (K, T, D) for MPT, (T, D) otherwise
-    if spec.kind != Kind.MPT:
+    if not spec.kind.takes_task_ids:  # one prompt for every row, not one per task
         table = table[None]  # 1,T,D
     return table.astype(export_dtype(dtype))
 

@@ -19,7 +19,6 @@ prompt at all:
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from mpt_ref.errors import ConfigError

@@ -129,7 +129,7 @@ def as_array(x: Any) -> Any:
 def call_inputs(kind: Kind, case: hs.Case) -> list[Any]:
     """The positional inputs after params (forward) or after dout (backward), before config."""
     idx = case.inputs["indices"].copy()
-    if kind == Kind.MPT:
+    if kind.takes_task_ids:
         return [idx, case.inputs["task_ids"].copy()]
     if kind.is_encoder:
         masks = case.inputs.get("dropout_masks")
