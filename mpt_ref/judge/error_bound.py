@@ -62,6 +62,10 @@ def _sq(x: Array) -> Array:
     return x * x
 
 
+def _t(x: Array) -> Array:
+    return np.swapaxes(x, -1, -2)
+
+
 class ErrorAlgebra:
     """The elementary operations of the module doc, for one ``Rounding``: each returns the exact value,
     the worst-case bound e and the probabilistic scale s of its result."""
@@ -138,10 +142,11 @@ class ErrorAlgebra:
         """x (..., I) @ wᵀ (I, O) + Σ biases: one sum of I products and the biases, in any order."""
         n = x.v.shape[-1] + len(biases)
         ax, aw = np.abs(x.v), np.abs(w.v)
-        e = ax @ w.e.T + x.e @ aw.T + x.e @ w.e.T
-        s2 = _sq(ax) @ _sq(w.s).T + _sq(x.s) @ _sq(aw).T + _sq(x.s) @ _sq(w.s).T
-        mag, mag_e = ax @ aw.T, (ax + x.e) @ (aw + w.e).T
-        v = x.v @ w.v.T
+        T_ = _t  # wᵀ over the last two axes (weights may be stacked: (..., O, I))
+        e = ax @ T_(w.e) + x.e @ T_(aw) + x.e @ T_(w.e)
+        s2 = _sq(ax) @ T_(_sq(w.s)) + _sq(x.s) @ T_(_sq(aw)) + _sq(x.s) @ T_(_sq(w.s))
+        mag, mag_e = ax @ T_(aw), (ax + x.e) @ T_(aw + w.e)
+        v = x.v @ T_(w.v)
         for b in biases:
             v, e, s2 = v + b.v, e + b.e, s2 + _sq(b.s)
             mag, mag_e = mag + np.abs(b.v), mag_e + np.abs(b.v) + b.e
@@ -292,81 +297,93 @@ def head_backward_bound(alg: ErrorAlgebra, d: Bounded, saved: list) -> tuple[Bou
     return d, grads
 
 
-def lstm_direction_bound(alg: ErrorAlgebra, x: Bounded, w_ih: Bounded, w_hh: Bounded, b_ih: Bounded,
-                         b_hh: Bounded, reverse: bool) -> tuple[Bounded, dict]:
-    """One direction of one layer (spec/lstm.md), gates i, f, g, o; returns y (B,T,H) and a cache."""
-    if reverse:
-        x = _idx(x, (slice(None), slice(None, None, -1)))
-    B, T, _ = x.v.shape
-    H = w_hh.v.shape[1]
-    zero = alg.exact(np.zeros((B, H)))
+def lstm_directions_bound(alg: ErrorAlgebra, x: Bounded, w_ih: Bounded, w_hh: Bounded, b_ih: Bounded,
+                          b_hh: Bounded) -> tuple[Bounded, dict]:
+    """Both directions of one layer at once (spec/lstm.md), gates i, f, g, o: axis 0 is the direction,
+    x (2,B,T,I) with the reverse direction's input already reversed in time, weights (2,4H,·), biases
+    (2,1,4H); returns y (2,B,T,H) in each direction's own time order, and a cache. Every operation acts
+    on each direction's entries exactly as one direction alone would (the same bits: one matmul per
+    direction, elementwise steps entry by entry), in half the Python calls."""
+    _, B, T, _ = x.v.shape
+    H = w_hh.v.shape[-1]
+    zero = alg.exact(np.zeros((2, B, H)))
     h, c = zero, zero
     hs, cs, gates, tcs = [h], [c], [], []
-    w_cat = _cat([w_ih, w_hh], 1)  # 4H,I+H
+    w_cat = _cat([w_ih, w_hh], -1)  # 2,4H,I+H
     ifo = np.r_[0 : 2 * H, 3 * H : 4 * H]  # the sigmoid gates' columns of z
-    left, right = np.s_[:, :H], np.s_[:, H:]
+    cols = lambda a, b: (Ellipsis, slice(a, b))  # noqa: E731
     for t in range(T):
-        xt = _idx(x, (slice(None), t))
+        xt = _idx(x, (slice(None), slice(None), t))  # 2,B,I
         # z = x_t W_ihᵀ + h W_hhᵀ + b_ih + b_hh: one sum of I + H products and two biases, any order
-        z = alg.affine(_cat([xt, h], -1), w_cat, b_ih, b_hh)  # B,4H
+        z = alg.affine(_cat([xt, h], -1), w_cat, b_ih, b_hh)  # 2,B,4H
         # elementwise steps of the same shape done in one call each (same operations per entry, same bits)
-        sig = alg.sigmoid(_idx(z, (slice(None), ifo)))  # B,3H  [i f o]
-        i, f, o = (_idx(sig, (slice(None), slice(k * H, (k + 1) * H))) for k in range(3))
-        g = alg.tanh(_idx(z, (slice(None), slice(2 * H, 3 * H))))  # B,H
-        fc_ig = alg.mul(_cat([f, i], 1), _cat([c, g], 1))  # B,2H  [f ⊙ c, i ⊙ g]
-        c = alg.add(_idx(fc_ig, left), _idx(fc_ig, right))  # B,H
+        sig = alg.sigmoid(_idx(z, (Ellipsis, ifo)))  # 2,B,3H  [i f o]
+        i, f, o = (_idx(sig, cols(k * H, (k + 1) * H)) for k in range(3))
+        g = alg.tanh(_idx(z, cols(2 * H, 3 * H)))  # 2,B,H
+        fc_ig = alg.mul(_cat([f, i], -1), _cat([c, g], -1))  # 2,B,2H  [f ⊙ c, i ⊙ g]
+        c = alg.add(_idx(fc_ig, cols(0, H)), _idx(fc_ig, cols(H, 2 * H)))  # 2,B,H
         tc = alg.tanh(c)
         h = alg.mul(o, tc)
         hs.append(h), cs.append(c), gates.append((i, f, g, o, sig)), tcs.append(tc)
-    y = _stack(hs[1:], 1)  # B,T,H
-    if reverse:
-        y = _idx(y, (slice(None), slice(None, None, -1)))
-    return y, {"x": x, "hs": hs, "cs": cs, "gates": gates, "tcs": tcs, "w_ih": w_ih, "w_hh": w_hh, "reverse": reverse}
+    y = _stack(hs[1:], 2)  # 2,B,T,H
+    return y, {"x": x, "hs": hs, "cs": cs, "gates": gates, "tcs": tcs, "w_ih": w_ih, "w_hh": w_hh}
 
 
-def lstm_direction_backward_bound(alg: ErrorAlgebra, dout: Bounded, cache: dict) -> tuple[Bounded, list[Bounded]]:
-    """BPTT (spec/lstm.md) through the algebra: dx (B,T,I), [dw_ih, dw_hh, db_ih, db_hh]."""
-    if cache["reverse"]:
-        dout = _idx(dout, (slice(None), slice(None, None, -1)))
-    B, T, H = dout.v.shape
+def lstm_directions_backward_bound(alg: ErrorAlgebra, dout: Bounded, cache: dict) -> tuple[Bounded, list[Bounded]]:
+    """BPTT (spec/lstm.md) of both directions at once: dout (2,B,T,H) in each direction's time order ->
+    dx (2,B,T,I) in that order, [dw_ih, dw_hh, db_ih, db_hh] each (2, ...)."""
+    _, B, T, H = dout.v.shape
     x, hs, cs, w_ih, w_hh = cache["x"], cache["hs"], cache["cs"], cache["w_ih"], cache["w_hh"]
-    dh_next = dc_next = alg.exact(np.zeros((B, H)))
+    dh_next = dc_next = alg.exact(np.zeros((2, B, H)))
     dzs: list[Bounded] = [None] * T  # type: ignore[list-item]
+    cols = lambda a, b: (Ellipsis, slice(a, b))  # noqa: E731
     for t in reversed(range(T)):
         i, f, g, o, sig = cache["gates"][t]
         tc = cache["tcs"][t]
-        dh = alg.add(_idx(dout, (slice(None), t)), dh_next)
+        dh = alg.add(_idx(dout, (slice(None), slice(None), t)), dh_next)  # 2,B,H
         dc = alg.add(dc_next, alg.tanh_backward(alg.mul(dh, o), tc))
         # the sigmoid gates [i f o] in one call: dz = (dc ⊙ g, dc ⊙ c_{t-1}, dh ⊙ tanh c_t) ⊙ σ'
-        dsig = alg.sigmoid_backward(alg.mul(_cat([dc, dc, dh], 1), _cat([g, cs[t], tc], 1)), sig)  # B,3H
-        dzi_f = _idx(dsig, (slice(None), slice(0, 2 * H)))
-        dz = _cat([dzi_f, alg.tanh_backward(alg.mul(dc, i), g), _idx(dsig, (slice(None), slice(2 * H, 3 * H)))], axis=1)
+        dsig = alg.sigmoid_backward(alg.mul(_cat([dc, dc, dh], -1), _cat([g, cs[t], tc], -1)), sig)  # 2,B,3H
+        dz = _cat([_idx(dsig, cols(0, 2 * H)), alg.tanh_backward(alg.mul(dc, i), g), _idx(dsig, cols(2 * H, 3 * H))],
+                  axis=-1)  # 2,B,4H
         dzs[t] = dz
         dc_next = alg.mul(dc, f)
-        dh_next = alg.matmul(dz, w_hh)
-    dz = _stack(dzs, 1)  # B,T,4H
-    dz2 = _map(lambda q: q.reshape(B * T, 4 * H).T, dz)  # 4H,BT
-    hprev = _map(lambda q: q.reshape(B * T, H), _stack(hs[:-1], 1))
+        dh_next = alg.matmul(dz, w_hh)  # 2,B,H
+    dz = _stack(dzs, 2)  # 2,B,T,4H
+    dz2 = _map(lambda q: _t(q.reshape(2, B * T, 4 * H)), dz)  # 2,4H,BT
+    hprev = _map(lambda q: q.reshape(2, B * T, H), _stack(hs[:-1], 2))  # 2,BT,H
     I = x.v.shape[-1]
-    dw_ih = alg.matmul(dz2, _map(lambda q: q.reshape(B * T, I), x))
-    dw_hh = alg.matmul(dz2, hprev)
-    db = alg.sum(dz2, axis=1)
-    dx = alg.matmul(dz, w_ih)
-    if cache["reverse"]:
-        dx = _idx(dx, (slice(None), slice(None, None, -1)))
+    dw_ih = alg.matmul(dz2, _map(lambda q: q.reshape(2, B * T, I), x))  # 2,4H,I
+    dw_hh = alg.matmul(dz2, hprev)  # 2,4H,H
+    db = alg.sum(dz2, axis=-1)  # 2,4H
+    dx = alg.matmul(dz, _map(lambda q: q[:, None], w_ih))  # 2,B,T,I
     return dx, [dw_ih, dw_hh, db, db]
 
 
-def lstm_layer_bound(alg: ErrorAlgebra, params: Params, x: Bounded, layer: int) -> tuple[Bounded, list[dict]]:
-    """Bidirectional layer ``layer`` of the stack (PEFT keys): y (B,T,2H) = [forward, reverse], their caches."""
-    outs, caches = [], []
-    for suffix, rev in (("", False), ("_reverse", True)):
-        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-        ws = [alg.param(params[f"lstm_head.{n}_l{layer}{suffix}"]) for n in names]
-        y, cache = lstm_direction_bound(alg, x, *ws, rev)
-        outs.append(y)
-        caches.append(cache)
-    return _cat(outs, axis=-1), caches
+_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+_SUFFIXES = ("", "_reverse")
+
+
+def _reversed_in_time(a: Bounded) -> Bounded:
+    return _idx(a, (slice(None), slice(None, None, -1)))  # B,T,·
+
+
+def lstm_layer_bound(alg: ErrorAlgebra, params: Params, x: Bounded, layer: int) -> tuple[Bounded, dict]:
+    """Bidirectional layer ``layer`` of the stack (PEFT keys): y (B,T,2H) = [forward, reverse], its cache."""
+    w_ih, w_hh, b_ih, b_hh = (_stack([alg.param(params[f"lstm_head.{n}_l{layer}{s}"]) for s in _SUFFIXES], 0)
+                              for n in _NAMES)  # 2,...
+    b_ih, b_hh = (_map(lambda q: q[:, None], b) for b in (b_ih, b_hh))  # 2,1,4H: one bias for every row
+    y2, cache = lstm_directions_bound(alg, _stack([x, _reversed_in_time(x)], 0), w_ih, w_hh, b_ih, b_hh)
+    return _cat([_idx(y2, 0), _reversed_in_time(_idx(y2, 1))], axis=-1), cache
+
+
+def lstm_layer_backward_bound(alg: ErrorAlgebra, d: Bounded, cache: dict, layer: int) -> tuple[Bounded, Params]:
+    """d (B,T,2H) -> dx (B,T,I) (the two directions' sum) and the layer's gradient bounds (PEFT keys)."""
+    H = d.v.shape[-1] // 2
+    d2 = _stack([_idx(d, (Ellipsis, slice(None, H))), _reversed_in_time(_idx(d, (Ellipsis, slice(H, None))))], 0)
+    dx2, dps = lstm_directions_backward_bound(alg, d2, cache)
+    grads = {f"lstm_head.{n}_l{layer}{s}": _idx(g, j) for j, s in enumerate(_SUFFIXES) for n, g in zip(_NAMES, dps)}
+    return alg.add(_idx(dx2, 0), _reversed_in_time(_idx(dx2, 1))), grads
 
 
 def encoder_bound(alg: ErrorAlgebra, params: Params, indices: IntArray, dout: Array, *, encoder_type: str,
@@ -378,8 +395,8 @@ def encoder_bound(alg: ErrorAlgebra, params: Params, indices: IntArray, dout: Ar
     scales = [alg.constant(s) for s in (dropout_scales or ())]
     if encoder_type == "LSTM":
         for k in range(num_layers):
-            x, caches = lstm_layer_bound(alg, params, x, k)  # B,T',2H
-            lstm_caches += caches
+            x, cache = lstm_layer_bound(alg, params, x, k)  # B,T',2H
+            lstm_caches.append(cache)
             if scales and k < num_layers - 1:
                 x = alg.mul(x, scales[k])
         out, saved = head_bound(alg, params, x, 2)
@@ -391,14 +408,8 @@ def encoder_bound(alg: ErrorAlgebra, params: Params, indices: IntArray, dout: Ar
         for k in reversed(range(num_layers)):
             if scales and k < num_layers - 1:
                 d = alg.mul(d, scales[k])
-            H = d.v.shape[-1] // 2
-            dx_total = None
-            for j, (suffix, sl) in enumerate((("", slice(None, H)), ("_reverse", slice(H, None)))):
-                dx, dps = lstm_direction_backward_bound(alg, _idx(d, (Ellipsis, sl)), lstm_caches[2 * k + j])
-                for n, g in zip(("weight_ih", "weight_hh", "bias_ih", "bias_hh"), dps):
-                    lstm_grads[f"lstm_head.{n}_l{k}{suffix}"] = g
-                dx_total = dx if dx_total is None else alg.add(dx_total, dx)
-            d = dx_total
+            d, grads_k = lstm_layer_backward_bound(alg, d, lstm_caches[k], k)  # B,T',I
+            lstm_grads.update(grads_k)
     T, D = E.v.shape
     dE = alg.scatter_rows(_map(lambda q: q.reshape(-1, D), d), indices.reshape(-1), T)
     return out, {"embedding.weight": dE, **lstm_grads, **grads}
