@@ -121,6 +121,17 @@ SERVE_COMPOSED = {
     "float16": Tol(1e-3, 1e-3, "float16: as float32, with float16's 2^-11 rounding per regrouped sum"),
 }
 
+# A request served alone vs inside a mixed batch by the same server and runtime (tests/test_triton_server.py):
+# the same graph, but onnxruntime may block the base model's GEMMs differently for B = 1 and B = 3, a few ulp
+# per regrouped float32 sum. atol is scaled by max |logits| at the call site.
+SERVED_ALONE_VS_BATCHED_F32 = Tol(1e-6, 1e-6, "float32, one row alone vs in a batch: GEMM blocking by batch size")
+
+# The inputs_embeds a serving engine is fed (prompt rows + word embeddings, tests/test_vllm_serve.py) against
+# PeftModel's get_prompt + word_embeddings: the word rows are copied, the prompt rows are the folded table
+# (rounded once from float64) where PEFT computes E ⊙ (C R) in float32: ~1 ulp of float32. atol scaled by
+# max |want| at the call site.
+PROMPT_EMBEDS_F32 = Tol(1e-6, 1e-6, "float32 prompt rows rounded once from float64 vs PEFT's float32 E ⊙ (C R)")
+
 # Serving engines (vLLM on CPU, onnxruntime-genai) running the base model on the prompt-prepended embeddings,
 # against PeftModel's float32 logits; atol scaled by s = max |logits| of the request at the call site. Both sides
 # are float32 transformers with their own kernels (fused RMSNorm/attention, other GEMM blocking), so each sum of

@@ -27,8 +27,10 @@ import numpy as np
 import pytest
 
 from _engine_peft import N, NEW_TOKENS, judge, make_setup, peft_reference, print_results, tables
+from mpt_ref import tolerances as tol
 from mpt_ref.serve.vllm import completion_request, offline_prompt, request_embeds
 from mpt_ref.serve.whole_model import read_word_embeddings
+from mpt_ref.testing.assertions import assert_close
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -72,7 +74,7 @@ def test_request_embeds_are_pefts_inputs_embeds(setup):
         with torch.no_grad():
             prompt = model.get_prompt(1, task_ids=torch.tensor([task]) if kind == "mpt" else None)[0]
             want = torch.cat([prompt, model.word_embeddings(torch.tensor(ids))]).numpy()
-        np.testing.assert_allclose(embeds, want, rtol=1e-6, atol=1e-6 * float(np.abs(want).max()))
+        assert_close(f"{kind} task {task} inputs_embeds", embeds, want, tol.PROMPT_EMBEDS_F32.scaled(float(np.abs(want).max())))
 
 
 def test_offline_engine_serves_every_adapter_and_task_in_one_batch(setup, reference):
