@@ -126,22 +126,13 @@ def _whole_weights(D: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _whole_model(kind: str) -> Any:
-    from onnx import TensorProto, helper, numpy_helper
+    from _toy_base import masked_matmul_base
 
     from mpt_ref.serve.whole_model import compose_model
 
     module = _whole_module(kind)
     W, U = _whole_weights(module.token_dim)
-    x = helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", module.token_dim])
-    m = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", U_COLS])
-    nodes = [helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["mf", "axis2"], ["m3"]),
-             helper.make_node("Mul", ["inputs_embeds", "m3"], ["masked"]),
-             helper.make_node("MatMul", ["masked", "U"], ["logits"])]
-    inits = [numpy_helper.from_array(U, "U"), numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")]
-    base = helper.make_model(helper.make_graph(nodes, "toy_base", [x, m], [y], initializer=inits),
-                             opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    base = masked_matmul_base(U, opset=21, ir_version=10)
     return compose_model(module, base, W)
 
 

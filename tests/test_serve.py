@@ -13,7 +13,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _toy_base import masked_matmul_base
+from onnx import TensorProto
 from safetensors.numpy import save_file
 
 from mpt_ref import (
@@ -176,16 +177,7 @@ U = np.random.default_rng(6).normal(size=(D, 7)).astype(np.float32)
 
 
 def base_graph(*, opset=17, names=("inputs_embeds", "attention_mask"), dim=D):
-    x = helper.make_tensor_value_info(names[0], TensorProto.FLOAT, ["batch", "seq", dim])
-    m = helper.make_tensor_value_info(names[1], TensorProto.INT64, ["batch", "seq"])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 7])
-    nodes = [helper.make_node("Cast", [names[1]], ["mf"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["mf", "axis2"], ["m3"]),
-             helper.make_node("Mul", [names[0], "m3"], ["masked"]),
-             helper.make_node("MatMul", ["masked", "U"], ["logits"])]
-    inits = [numpy_helper.from_array(U, "U"), numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")]
-    graph = helper.make_graph(nodes, "toy_base", [x, m], [y], initializer=inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    return masked_matmul_base(U, dim=dim, names=names, opset=opset)
 
 
 @pytest.mark.parametrize("opset", [17, 21])

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import pytest
 from _kill import kill_writers
+from _toy_base import masked_matmul_base
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
@@ -53,16 +54,7 @@ def mpt(seed=1, n=N):
 
 def base_graph(seq="seq", batch="batch"):
     """logits = (inputs_embeds * mask) @ U, with the given batch / sequence dims."""
-    x = helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, [batch, seq, D])
-    m = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, seq])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, seq, 7])
-    nodes = [helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["mf", "axis2"], ["m3"]),
-             helper.make_node("Mul", ["inputs_embeds", "m3"], ["masked"]),
-             helper.make_node("MatMul", ["masked", "U"], ["logits"])]
-    inits = [numpy_helper.from_array(U, "U"), numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")]
-    return helper.make_model(helper.make_graph(nodes, "toy_base", [x, m], [y], initializer=inits),
-                             opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return masked_matmul_base(U, batch=batch, seq=seq)
 
 
 def files(tmp_path, base=None):
@@ -381,17 +373,8 @@ def test_a_full_disk_keeps_the_old_set_and_allows_the_retry(tmp_path, monkeypatc
 
 
 def test_the_whole_model_check_of_a_float16_base_with_a_bool_mask(tmp_path, capsys):
-    x = helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT16, ["batch", "seq", D])
-    m = helper.make_tensor_value_info("attention_mask", TensorProto.BOOL, ["batch", "seq"])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT16, ["batch", "seq", 7])
-    nodes = [helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT16),
-             helper.make_node("Unsqueeze", ["mf", "axis2"], ["m3"]),
-             helper.make_node("Mul", ["inputs_embeds", "m3"], ["masked"]),
-             helper.make_node("MatMul", ["masked", "U"], ["logits"])]
-    inits = [numpy_helper.from_array(U.astype(np.float16), "U"),
-             numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")]
-    base = helper.make_model(helper.make_graph(nodes, "toy_fp16", [x, m], [y], initializer=inits),
-                             opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    base = masked_matmul_base(U.astype(np.float16), float_type=TensorProto.FLOAT16, mask_type=TensorProto.BOOL,
+                              name="toy_fp16")
     adapter, base_onnx, weights = files(tmp_path, base)
     assert cli_main(["export-model", str(adapter), "--base-onnx", str(base_onnx), "--base-weights", str(weights),
                      "-o", str(tmp_path / "m.onnx")]) == 0

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from _toy_base import masked_matmul_base
 from safetensors.numpy import save_file
 
 from mpt_ref import MultitaskPromptEmbedding, MultitaskPromptTuningConfig
@@ -55,18 +55,7 @@ def _server_binary() -> Path:
 
 
 def _base_graph():
-    rng = np.random.default_rng(6)
-    x = helper.make_tensor_value_info("inputs_embeds", TensorProto.FLOAT, ["batch", "seq", D])
-    m = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
-    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 7])
-    nodes = [helper.make_node("Cast", ["attention_mask"], ["mf"], to=TensorProto.FLOAT),
-             helper.make_node("Unsqueeze", ["mf", "axis2"], ["m3"]),
-             helper.make_node("Mul", ["inputs_embeds", "m3"], ["masked"]),
-             helper.make_node("MatMul", ["masked", "U"], ["logits"])]
-    inits = [numpy_helper.from_array(rng.normal(size=(D, 7)).astype(np.float32), "U"),
-             numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2")]
-    return helper.make_model(helper.make_graph(nodes, "toy_base", [x, m], [y], initializer=inits),
-                             opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return masked_matmul_base(np.random.default_rng(6).normal(size=(D, 7)).astype(np.float32))
 
 
 @pytest.fixture(scope="module")
