@@ -39,7 +39,7 @@ def kill_writers(setup: str, write: str, args: Sequence[str], *, kills: int, del
     """``warm``: call ``write`` once (i = 0) before the first fork, so lazy imports and first-call set-up
     are done and every kill lands in a steady write loop."""
     script = "import os, sys\n" + setup + ("\ni = 0\n" + write + "\n" if warm else "") + _LOOP.format(write=write)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     with subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           env=env, cwd=ROOT) as proc:
         assert proc.stdout.readline().strip() == b"ready"

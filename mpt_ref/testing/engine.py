@@ -165,12 +165,14 @@ def with_eval_dropout(case: hs.Case, p: float) -> hs.Case:
     return case._replace(config=dataclasses.replace(case.config, encoder_dropout=p))
 
 
+EVAL_DROPOUT = st.sampled_from([0.0, 0.1, 0.5])  # encoder_dropout of eval-mode encoder cases (no effect)
+
+
 def _lstm_strategy(dtype: Any, limits: hs.SizeLimits, dropout: bool) -> st.SearchStrategy[hs.Case]:
     eval_cases = st.builds(with_eval_dropout, hs.lstm_encoder_cases(dtype=dtype, limits=limits), EVAL_DROPOUT)
     return eval_cases | hs.lstm_encoder_cases(dtype=dtype, limits=limits, dropout=True) if dropout else eval_cases
 
 
-EVAL_DROPOUT = st.sampled_from([0.0, 0.1, 0.5])  # encoder_dropout of eval-mode encoder cases (no effect)
 # the cases drawn per kind: (dtype, limits, dropout) -> strategy; ``dropout``: LSTM train mode too
 STRATEGIES: dict[Kind, Callable[[Any, hs.SizeLimits, bool], st.SearchStrategy[hs.Case]]] = {
     Kind.PROMPT_EMBEDDING: lambda dtype, limits, dropout: hs.prompt_embedding_cases(dtype=dtype, limits=limits),
@@ -272,10 +274,9 @@ def repeat_check(name: str, first: PortResult, second: PortResult) -> TensorChec
         "deterministic (e.g. left in train mode: dropout in an eval call)"))
 
 
-PORT_CHECK = "port"  # the tensor name of the check that records a PortFailure on the first call of a case
-
-
-REPEAT_CHECK = "repeat"  # ... and of the check that records the second call of a case (a failure or a change)
+# the tensor names of the checks that record a PortFailure on a case's first call, and its second call
+# (a PortFailure or a changed result); a PortFailure's note starts with its ``what`` ("timeout", "crash", ...)
+PORT_CHECK, REPEAT_CHECK = "port", "repeat"
 
 
 def port_failed(checks: list[TensorCheck]) -> bool:
